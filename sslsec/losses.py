@@ -1,0 +1,233 @@
+"""Losses: the Spherical Embedding Constraint and the InfoNCE / NT-Xent loss that carries it.
+
+SEC (Zhang, Li, Zhang, "Deep Metric Learning with Spherical Embedding", NeurIPS 2020,
+arXiv 2011.02785, eq. 5) pulls every embedding's norm towards one common radius ``mu``:
+
+    L_sec = mean_i (||z_i|| - mu)^2,    mu = mean_i ||z_i||   (no gradient flows through mu)
+
+so that the embeddings live near one hypersphere before they are normalized for the
+contrastive loss. The paper's L2 baseline, ``mean_i ||z_i||^2``, is :class:`NormPenalty`.
+
+Under ``torch.distributed`` ``mu`` (and the logged norm statistics) are taken over the
+global batch by one all-reduce, so every process pulls towards the same sphere. The
+returned loss is the mean over this process's rows; with equal per-process batches, the
+average of the per-process losses (what DDP's gradient averaging optimizes) is exactly the
+single-process loss on the concatenated batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from lightly.loss import NTXentLoss
+from torch import Tensor, nn
+
+
+def _check_embeddings(z: Tensor, name: str = "z") -> None:
+    if not isinstance(z, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}; "
+            "flatten the projections first"
+        )
+    if z.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _check_weight(value: float, name: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _row_norms(z: Tensor) -> Tensor:
+    """Euclidean norms of the rows of z (N, D), computed in at least float32 (bf16/fp16 safe)."""
+    return z.to(torch.promote_types(z.dtype, torch.float32)).norm(dim=1)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def norm_moments(norms: Tensor) -> Tuple[Tensor, Tensor]:
+    """Mean and (population) std of ``norms`` over the global batch; detached.
+
+    One all-reduce of ``[count, sum, sum of squares]`` when torch.distributed is running.
+    """
+    norms = norms.detach()
+    moments = torch.stack([norms.new_tensor(norms.numel()), norms.sum(), norms.square().sum()])
+    if _distributed():
+        dist.all_reduce(moments)
+    count, total, total_sq = moments
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    return mean, std
+
+
+class SphericalEmbeddingConstraint(nn.Module):
+    """SEC: ``mean_i (||z_i|| - mu)^2`` with ``mu`` the detached mean norm (paper eq. 5).
+
+    Args:
+        momentum: ``None`` (default) uses the batch-mean norm as ``mu``. A value ``rho`` in
+            (0, 1] keeps ``mu`` as an exponential moving average in the buffer ``mu``
+            (saved in ``state_dict``): ``mu_0 = mean_0``, ``mu_t = (1 - rho) mu_{t-1} + rho mean_t``,
+            updated in training mode before the loss is computed; eval mode reads it unchanged.
+
+    Shapes:
+        z: (N, D) unnormalized embeddings -> scalar loss.
+
+    Example:
+        >>> sec = SphericalEmbeddingConstraint(momentum=0.1)
+        >>> loss = sec(torch.randn(8, 128))
+    """
+
+    mu: Tensor
+    num_updates: Tensor
+
+    def __init__(self, momentum: Optional[float] = None) -> None:
+        super().__init__()
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be None or in (0, 1], got {momentum}")
+        self.momentum = momentum
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def target_norm(self, batch_mean: Tensor) -> Tensor:
+        """The radius ``mu`` for this step, given the (global) batch-mean norm; detached."""
+        if self.momentum is None:
+            return batch_mean
+        if self.training:
+            if self.num_updates == 0:
+                self.mu.copy_(batch_mean)
+            else:
+                self.mu.lerp_(batch_mean.to(self.mu.dtype), self.momentum)
+            self.num_updates += 1
+        return self.mu.clone() if self.num_updates > 0 else batch_mean
+
+    def penalty(self, norms: Tensor, batch_mean: Tensor) -> Tensor:
+        """``mean_i (norms_i - mu)^2`` for precomputed norms (N,) and their global mean."""
+        return (norms - self.target_norm(batch_mean)).square().mean()
+
+    def forward(self, z: Tensor) -> Tensor:
+        _check_embeddings(z)
+        norms = _row_norms(z)
+        return self.penalty(norms, norm_moments(norms)[0])
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"
+
+
+class NormPenalty(nn.Module):
+    """The paper's L2 baseline regulariser: ``mean_i ||z_i||^2`` for z of shape (N, D)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        _check_embeddings(z)
+        return _row_norms(z).square().mean()
+
+
+class SECLossOutput(NamedTuple):
+    """What :class:`SECInfoNCE` returns; every field is a scalar tensor.
+
+    ``total`` carries the gradient; ``norm_mean``/``norm_std`` are the (global) statistics
+    of the projection norms before normalization, the quantities the SEC paper plots.
+    """
+
+    total: Tensor
+    contrastive: Tensor
+    sec: Tensor
+    norm_mean: Tensor
+    norm_std: Tensor
+
+
+class SECInfoNCE(nn.Module):
+    """InfoNCE / NT-Xent on normalized projections, plus SEC on their norms.
+
+    ``total = contrastive + sec_weight * sec + norm_penalty_weight * penalty``
+
+    The contrastive part is lightly's :class:`~lightly.loss.NTXentLoss` with the same
+    ``temperature``, ``memory_bank_size`` and ``gather_distributed`` (SimCLR: in-batch
+    negatives, gathered over processes; MoCo: a queue of ``memory_bank_size=(K, D)``
+    negatives, updated with ``z1`` after the loss). SEC and the norm penalty are taken
+    over the projections that carry gradient (both views for SimCLR; only the queries
+    ``z0`` for MoCo, whose keys come from the momentum encoder); when none does (evaluation
+    under ``no_grad``), over both.
+
+    Args:
+        temperature: softmax temperature of NT-Xent.
+        sec_weight: weight ``eta`` of SEC; 0 gives exactly the plain loss.
+        sec_momentum: ``None`` for the batch-mean ``mu``, else the EMA momentum ``rho``.
+        norm_penalty_weight: weight of the L2 norm penalty (the paper's baseline).
+        memory_bank_size: 0 (no queue) or ``(K, D)``, as in lightly.
+        gather_distributed: gather negatives / queue keys from all processes.
+
+    Shapes:
+        z0, z1: (N, D) **unnormalized** projections of two views -> :class:`SECLossOutput`.
+
+    Example:
+        >>> loss_fn = SECInfoNCE(temperature=0.5, sec_weight=1.0)
+        >>> out = loss_fn(model(view0), model(view1))
+        >>> out.total.backward()
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        sec_weight: float = 0.0,
+        sec_momentum: Optional[float] = None,
+        norm_penalty_weight: float = 0.0,
+        memory_bank_size: Union[int, Sequence[int]] = 0,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        self.sec_weight = _check_weight(sec_weight, "sec_weight")
+        self.norm_penalty_weight = _check_weight(norm_penalty_weight, "norm_penalty_weight")
+        self.contrastive = NTXentLoss(
+            temperature=temperature,
+            memory_bank_size=memory_bank_size,
+            gather_distributed=gather_distributed,
+        )
+        self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
+
+    def forward(self, z0: Tensor, z1: Tensor) -> SECLossOutput:
+        _check_embeddings(z0, "z0")
+        _check_embeddings(z1, "z1")
+        if z0.shape != z1.shape:
+            raise ValueError(
+                f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}"
+            )
+        carriers = [z for z in (z0, z1) if z.requires_grad] or [z0, z1]
+        norms = torch.cat([_row_norms(z) for z in carriers])
+        norm_mean, norm_std = norm_moments(norms)
+
+        contrastive = self.contrastive(z0, z1)
+        sec = self.sec.penalty(norms, norm_mean)
+        total = contrastive
+        if self.sec_weight > 0:
+            total = total + self.sec_weight * sec
+        if self.norm_penalty_weight > 0:
+            total = total + self.norm_penalty_weight * norms.square().mean()
+        return SECLossOutput(total, contrastive.detach(), sec.detach(), norm_mean, norm_std)
+
+    # lightly keeps its queue in non-persistent buffers; checkpoint it here so that a
+    # resumed MoCo run continues with the same negatives.
+    def get_extra_state(self) -> dict:
+        bank = self.contrastive.memory_bank
+        if bank.size[0] == 0:
+            return {}
+        return {"bank": bank.bank, "bank_ptr": bank.bank_ptr}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not state:
+            return
+        bank = self.contrastive.memory_bank
+        bank.bank.copy_(state["bank"])
+        bank.bank_ptr.copy_(state["bank_ptr"])

@@ -1,0 +1,108 @@
+"""Backbones (torchvision ResNets, a small CNN) and lightly's projection heads.
+
+A backbone maps normalized images (N, C, H, W) to features (N, F) and exposes
+``feature_dim``. ResNets keep torchvision's module names (``fc`` is an ``nn.Identity``),
+so a saved backbone loads into a plain ``torchvision.models.resnet18()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torchvision
+from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+BACKBONES = ("resnet18", "resnet50", "small_cnn")
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU stages (32-64-128-256 channels) and global pooling; for CPU-scale runs."""
+
+    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        layers = []
+        channels = in_channels
+        for stage in range(4):
+            out = width * 2**stage
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            if stage < 3:
+                layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def build_backbone(
+    name: str = "resnet18", in_channels: int = 3, cifar_stem: bool = False
+) -> nn.Module:
+    """A backbone without its classifier; ``backbone.feature_dim`` is its output width.
+
+    Args:
+        name: one of ``resnet18``, ``resnet50``, ``small_cnn``.
+        in_channels: 1 (grayscale) or 3.
+        cifar_stem: ResNets only: a 3x3 stride-1 first convolution and no max-pool, the usual
+            stem for 32 px images (SimCLR appendix B.9).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if name == "small_cnn":
+        return SmallCNN(in_channels)
+
+    resnet = getattr(torchvision.models, name)()
+    if cifar_stem:
+        resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        resnet.maxpool = nn.Identity()
+    elif in_channels != 3:
+        resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.feature_dim = resnet.fc.in_features
+    resnet.fc = nn.Identity()
+    return resnet
+
+
+def build_projection_head(
+    method: str, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128
+) -> nn.Module:
+    """lightly's head for ``method``: SimCLR (2 layers, BN) or MoCo v2 (2 layers, no BN)."""
+    heads = {"simclr": SimCLRProjectionHead, "moco": MoCoProjectionHead}
+    if method not in heads:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(heads)}")
+    return heads[method](input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
+
+
+def save_backbone(backbone: nn.Module, path: Union[str, Path], spec: Dict[str, Any]) -> None:
+    """Write ``backbone`` as safetensors, with ``spec`` (the build_backbone arguments) as metadata."""
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    save_file(state, str(path), metadata={"sslsec_backbone": json.dumps(spec)})
+
+
+def load_backbone(path: Union[str, Path], spec: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Rebuild a backbone saved by :func:`save_backbone` (``spec`` read from the file if omitted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no backbone file at {path}")
+    if spec is None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if "sslsec_backbone" not in metadata:
+            raise ValueError(f"{path} has no sslsec backbone metadata; pass the backbone spec")
+        spec = json.loads(metadata["sslsec_backbone"])
+    backbone = build_backbone(**spec)
+    backbone.load_state_dict(load_file(str(path)))
+    return backbone
