@@ -26,6 +26,10 @@ from lightly.loss import NTXentLoss
 from torch import Tensor, nn
 
 
+class NonFiniteError(ValueError):
+    """Embeddings hold NaN or Inf (a diverged model, or bad input)."""
+
+
 def _check_embeddings(z: Tensor, name: str = "z") -> None:
     if not isinstance(z, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -37,7 +41,7 @@ def _check_embeddings(z: Tensor, name: str = "z") -> None:
     if z.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     if not torch.isfinite(z).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise NonFiniteError(f"{name} contains NaN or Inf values")
 
 
 def _check_weight(value: float, name: str) -> float:

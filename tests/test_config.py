@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from sslsec.config import Config, ConfigError, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert config.method in path.stem
+    assert config.output_dir.startswith("runs/")
+
+
+def test_overrides_are_typed_and_applied_in_order(tmp_path):
+    config = load_config(CONFIGS[0], ["loss.sec_weight=1", "trainer.epochs=5", "loss.sec_momentum=0.1",
+                                      "resume=true", "output_dir=runs/x"])
+    assert config.loss.sec_weight == 1.0 and isinstance(config.loss.sec_weight, float)
+    assert config.trainer.epochs == 5 and config.resume is True and config.output_dir == "runs/x"
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.sec_wieght=1", "unknown key loss.sec_wieght; valid keys under loss: temperature, sec_weight"),
+        ("trainer.epochs=five", "trainer.epochs must be int, got 'five'"),
+        ("trainer.epochs=2.5", "trainer.epochs must be int"),
+        ("method=byol", "method must be one of simclr, moco"),
+        ("loss.sec_weight=-1", "loss.sec_weight must be >= 0"),
+        ("loss.sec_momentum=2", "loss.sec_momentum must be null or in (0, 1]"),
+        ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of no, bf16, fp16"),
+        ("data=cifar10", "data must be a mapping"),
+        ("epochs", "must look like key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_choices(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
+
+
+def test_defaults_are_the_embedded_published_recipe():
+    config = Config()
+    assert (config.method, config.loss.sec_weight, config.trainer.batch_size) == ("simclr", 0.0, 512)
