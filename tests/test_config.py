@@ -16,7 +16,8 @@ def test_every_shipped_config_loads(path):
 
 def test_overrides_are_typed_and_applied_in_order(tmp_path):
     config = load_config(CONFIGS[0], ["loss.sec_weight=1", "trainer.epochs=5", "loss.sec_momentum=0.1",
-                                      "resume=true", "output_dir=runs/x"])
+                                      "resume=true", "output_dir=runs/x", "optim.weight_decay=1e-6"])
+    assert config.optim.weight_decay == 1e-6
     assert config.loss.sec_weight == 1.0 and isinstance(config.loss.sec_weight, float)
     assert config.trainer.epochs == 5 and config.resume is True and config.output_dir == "runs/x"
     save_config(config, tmp_path / "c.yaml")

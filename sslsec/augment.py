@@ -1,0 +1,273 @@
+"""Batched image augmentation on any device, built from kornia containers.
+
+Every pipeline takes a batch of images as stored by :mod:`sslsec.data` -- uint8 ``(N, C, H, W)`` in
+[0, 255], or float in [0, 1] -- on the device it lives on, and returns normalized float views there.
+Nothing loops over images in Python: kornia samples one set of random parameters per image and applies
+them to the whole batch at once (crop + resize is a single batched ``grid_sample``).
+
+Randomness goes through torch's global generators (kornia has no per-module generator). Pass ``seed=``
+to any ``forward`` to draw from a private, seeded copy instead: the output is then reproducible and the
+global random state is left untouched.
+
+Example::
+
+    augment = MultiView(SimCLRAugment(32, mean=CIFAR10_MEAN, std=CIFAR10_STD))
+    view_1, view_2 = augment(images_uint8)          # 2 x (N, 3, 32, 32) float32
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "AugmentPipeline",
+    "ContrastiveAugment",
+    "SimCLRAugment",
+    "MoCoV2Augment",
+    "ProbeAugment",
+    "EvalTransform",
+    "MultiView",
+    "PRESETS",
+    "seeded",
+]
+
+Size = int | tuple[int, int]
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Draw random numbers from a private copy of the CPU (and ``device``'s) generator seeded with ``seed``.
+
+    The global generators are restored on exit, so seeding one call never changes what the next unseeded
+    call draws. ``seed=None`` is a no-op: the global generators are used as they are.
+    """
+    if seed is None:
+        yield
+        return
+    device = torch.device(device)
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.default_generator.manual_seed(seed)
+        for cuda_device in cuda_devices:
+            with torch.cuda.device(cuda_device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class AugmentPipeline(nn.Module):
+    """A kornia ``ImageSequential`` of ``transforms`` followed by normalization with ``mean``/``std``.
+
+    Args:
+        transforms: kornia augmentations applied in order to float images in [0, 1].
+        mean, std: per-channel statistics of the data set in [0, 1] units; their length is the number of
+            channels the pipeline accepts.
+        channels_last: return views in ``torch.channels_last`` memory format.
+        dtype: floating dtype of the returned views (e.g. ``torch.bfloat16`` for a bf16 model). The
+            augmentation itself runs in float32.
+
+    Shapes:
+        input ``(N, C, H, W)`` uint8 in [0, 255] or float in [0, 1]; output ``(N, C, h, w)`` ``dtype``.
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[nn.Module],
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if len(mean) == 0 or len(mean) != len(std):
+            raise ValueError(f"mean {mean} and std {std} must be non-empty and of equal length (one per channel)")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype such as torch.float32 or torch.bfloat16, got {dtype}")
+        self.mean, self.std = mean, std
+        self.channels_last, self.dtype = channels_last, dtype
+        self.transforms = K.ImageSequential(*transforms, K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def to_unit_float(self, images: Tensor) -> Tensor:
+        """Check a batch at the boundary and return it as float32 in [0, 1] (no copy if it already is)."""
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"expected a batch of images (N, C, H, W), got {shape}; add a batch dimension "
+                             "with images.unsqueeze(0)")
+        if images.shape[1] != self.channels:
+            raise ValueError(f"images have {images.shape[1]} channels (shape {tuple(images.shape)}) but mean/std "
+                             f"have {self.channels}; build the augmentation with the data set's mean and std")
+        if images.dtype == torch.uint8:
+            return images.float().div_(255.0)
+        if images.dtype.is_floating_point:
+            return images.float()
+        raise ValueError(f"expected uint8 images in [0, 255] or float images in [0, 1], got dtype {images.dtype}")
+
+    def forward(self, images: Tensor, seed: int | None = None) -> Tensor:
+        """Augment and normalize one view of every image; ``seed`` makes the draw reproducible."""
+        unit = self.to_unit_float(images)
+        with seeded(seed, unit.device):
+            out = self.transforms(unit)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        return out.to(dtype=self.dtype, memory_format=memory_format)
+
+
+class ContrastiveAugment(AugmentPipeline):
+    """The SimCLR / MoCo v2 view recipe: crop, flip, colour jitter, grayscale, blur, normalize.
+
+    Random resized crop to ``size`` (area fraction ``crop_scale``, aspect ratio ``crop_ratio``), horizontal flip
+    with ``hflip_prob``, torchvision-style colour jitter (``brightness``, ``contrast``, ``saturation``, ``hue``,
+    random order) with ``jitter_prob``, grayscale with ``grayscale_prob``, Gaussian blur with ``blur_prob``
+    (sigma uniform in ``blur_sigma``; kernel ``blur_kernel_size``, default about 10% of ``size``, odd), then
+    normalization. Set a probability to 0 to switch its op off.
+
+    ``blur_prob=None`` picks the published choice by size: 0.5 for ImageNet-like inputs (``size >= 96``),
+    off for small images (32 px CIFAR), where blurring removes most of the signal (SimCLR, Appendix B.9).
+
+    Grayscale data (``len(mean) == 1``): jitter changes only brightness and contrast and the grayscale op
+    is left out.
+    """
+
+    def __init__(
+        self,
+        size: Size,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip_prob: float = 0.5,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        jitter_prob: float = 0.8,
+        grayscale_prob: float = 0.2,
+        blur_prob: float | None = None,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel_size: int | None = None,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        height, width = _pair(size)
+        color = len(tuple(mean)) == 3
+        if blur_prob is None:
+            blur_prob = 0.5 if min(height, width) >= 96 else 0.0
+        if blur_kernel_size is None:
+            blur_kernel_size = 2 * int(0.05 * min(height, width)) + 1
+        if blur_kernel_size % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd, got {blur_kernel_size}")
+        # "resample" crops with one batched grid_sample; kornia's default "slice" loops over images.
+        transforms: list[nn.Module] = [
+            K.RandomResizedCrop((height, width), scale=crop_scale, ratio=crop_ratio, cropping_mode="resample"),
+        ]
+        if hflip_prob > 0:
+            transforms.append(K.RandomHorizontalFlip(p=hflip_prob))
+        if jitter_prob > 0:
+            saturation, hue = (saturation, hue) if color else (0.0, 0.0)
+            transforms.append(K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_prob))
+        if grayscale_prob > 0 and color:
+            transforms.append(K.RandomGrayscale(p=grayscale_prob))
+        if blur_prob > 0:
+            transforms.append(K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob))
+        super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+
+
+class SimCLRAugment(ContrastiveAugment):
+    """SimCLR views (Chen et al. 2020): :class:`ContrastiveAugment` with ``crop_scale=(0.08, 1.0)``.
+
+    The jitter defaults (0.4, 0.4, 0.4, 0.1) are SimCLR's colour strength 0.5 used for CIFAR; its ImageNet
+    runs used strength 1.0: ``brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2``.
+    """
+
+
+class MoCoV2Augment(ContrastiveAugment):
+    """MoCo v2 views (Chen et al. 2020, "Improved Baselines"): :class:`ContrastiveAugment` with
+    ``crop_scale=(0.2, 1.0)``; every other keyword is passed through."""
+
+    def __init__(self, size: Size, mean: Sequence[float], std: Sequence[float], *,
+                 crop_scale: tuple[float, float] = (0.2, 1.0), **kwargs) -> None:
+        super().__init__(size, mean, std, crop_scale=crop_scale, **kwargs)
+
+
+PRESETS = {"simclr": SimCLRAugment, "moco": MoCoV2Augment}  # each method's published view recipe
+
+
+class ProbeAugment(AugmentPipeline):
+    """Linear-probe training augmentation: random resized crop, horizontal flip, normalize."""
+
+    def __init__(
+        self,
+        size: Size,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        hflip_prob: float = 0.5,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        transforms = [
+            K.RandomResizedCrop(_pair(size), scale=crop_scale, cropping_mode="resample"),
+            K.RandomHorizontalFlip(p=hflip_prob),
+        ]
+        super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+
+
+class EvalTransform(AugmentPipeline):
+    """Deterministic evaluation transform: optional resize (shorter side) + center crop to ``size``, normalize.
+
+    ``size=None`` keeps the input size (e.g. 32 px CIFAR); ``size=224`` is the usual ImageNet protocol
+    on images stored larger (resize the shorter side to ``size``, then crop the center ``size x size``).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        size: Size | None = None,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        transforms: list[nn.Module] = []
+        if size is not None:
+            short_side = min(_pair(size))
+            transforms = [K.Resize(short_side, side="short", antialias=True), K.CenterCrop(_pair(size))]
+        super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+
+
+class MultiView(nn.Module):
+    """Independent views of one batch: ``n_views`` calls of ``augment``, each with its own random draw.
+
+    The uint8 -> float conversion happens once for all views. With ``seed`` the whole list is
+    reproducible (the views are drawn one after another from one seeded generator, so they still differ).
+
+    Shapes:
+        input ``(N, C, H, W)`` uint8 or float in [0, 1]; output a list of ``n_views`` tensors ``(N, C, h, w)``.
+    """
+
+    def __init__(self, augment: AugmentPipeline, n_views: int = 2) -> None:
+        super().__init__()
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
+        self.augment, self.n_views = augment, n_views
+
+    def forward(self, images: Tensor, seed: int | None = None) -> list[Tensor]:
+        unit = self.augment.to_unit_float(images)
+        with seeded(seed, unit.device):
+            return [self.augment(unit) for _ in range(self.n_views)]

@@ -1,0 +1,149 @@
+"""Console entry points: parse the arguments, call one library function, print what it found.
+
+Every entry point takes ``key=value`` config overrides after its flags (the syntax of
+:func:`sslsec.config.load_config`) and turns a user error (a bad config, a missing file, a data set that
+does not fit the backbone) into one ``error:`` line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Tuple
+
+from accelerate import Accelerator, PartialState
+from torch import nn
+
+from sslsec.config import Config, ConfigError, load_config
+from sslsec.data import DatasetError
+from sslsec.diagnostics import diagnose_run
+from sslsec.distributed import make_accelerator
+from sslsec.train import TrainingError, pretrain
+from sslsec.evaluate import (EvaluationError, evaluate_backbone, load_run, load_saved_backbone, load_splits,
+                             random_backbone)
+
+USER_ERRORS = (ConfigError, DatasetError, EvaluationError, TrainingError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def _exit_on_user_error(program: str) -> Iterator[None]:
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _parser(program: str, description: str, example: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=program, description=description)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"config overrides after the flags, e.g. {example}")
+    return parser
+
+
+def _linear_probe_parser() -> argparse.ArgumentParser:
+    parser = _parser("sslsec-linear-probe", "Linear probe (top-1/top-5) and kNN accuracy of a frozen backbone.",
+                     "eval.probe_epochs=10 data.train_limit=5000")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, metavar="RUN_DIR",
+                        help="a pretraining run directory (config.yaml, backbone.safetensors)")
+    source.add_argument("--backbone", type=Path, metavar="FILE",
+                        help="a backbone saved by save_backbone (needs --config)")
+    source.add_argument("--random-init", action="store_true", help="untrained weights: the baseline (needs --config)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="config YAML for --backbone / --random-init")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="where linear_probe.json goes (default: the run directory, the backbone's folder, "
+                        "or output_dir for --random-init)")
+    return parser
+
+
+def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-linear-probe``: linear probe and kNN of a frozen backbone; writes ``linear_probe.json``."""
+    parser = _linear_probe_parser()
+    args = parser.parse_args(argv)
+    if (args.run is None) == (args.config is None):
+        parser.error("--backbone and --random-init need --config FILE; --run reads RUN/config.yaml instead")
+    with _exit_on_user_error(parser.prog):
+        _probe(*_probe_target(args))
+
+
+def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
+           accelerator: Optional[Accelerator] = None) -> None:
+    """Linear probe + kNN of ``backbone`` (random init if None); print and write ``linear_probe.json``."""
+    train, test = load_splits(config)
+    if backbone is None:
+        backbone = random_backbone(config, train.channels)
+    accelerator = accelerator or make_accelerator(mixed_precision=config.trainer.mixed_precision)
+    start = time.perf_counter()
+    result = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator,
+                               seed=config.trainer.seed)
+    result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
+              "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        _print_probe(result, output_dir / "linear_probe.json")
+
+
+def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str]:
+    """(config, backbone or None for random init, output directory, a label for the backbone)."""
+    if args.run is not None:
+        config, backbone = load_run(args.run, args.overrides)
+        return config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})"
+    config = load_config(args.config, args.overrides)
+    if args.backbone is not None:
+        return config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent, str(args.backbone)
+    output_dir = args.output_dir or Path(config.output_dir)
+    if args.output_dir is None and (output_dir / "backbone.safetensors").is_file():
+        raise EvaluationError(f"output_dir {output_dir} holds a pretraining run whose linear_probe.json the "
+                              "random-init baseline would overwrite; pass output_dir=... or --output-dir")
+    return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})"
+
+
+def _print_probe(result: dict, path: Path) -> None:
+    top5 = "n/a" if result["top5"] is None else f"{result['top5']:6.2f} %"
+    print(f"{result['backbone']} on {result['dataset']}: {result['train_size']} train / {result['test_size']} "
+          f"test images, {result['num_classes']} classes, {result['epochs']} probe epochs")
+    print(f"  linear top-1  {result['top1']:6.2f} %")
+    print(f"  linear top-5  {top5}")
+    print(f"  kNN top-1     {result['knn_top1']:6.2f} %   (k={result['knn_k']}, T={result['knn_temperature']})")
+    print(f"wrote {path}  ({result['seconds']:.1f} s)")
+
+
+def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``diagnose.py``: projection-norm and pair-cosine diagnostics of a run; writes PNGs and ``diagnostics.json``."""
+    parser = _parser("diagnose.py", "Projection norms and positive/negative cosines of a pretraining run.",
+                     "data.root=/elsewhere/fashion-mnist")
+    parser.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="a pretraining run directory")
+    parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
+    parser.add_argument("--seed", type=int, default=0, help="image sample and augmentation seed")
+    args = parser.parse_args(argv)
+    with _exit_on_user_error(parser.prog):
+        result = diagnose_run(args.run, args.overrides, n=args.n, seed=args.seed)
+    print(f"{result['method']} on {result['dataset']}, {result['n_images']} test images, two views each")
+    print(f"  projection norm  mean {result['norm_mean']:.3f}  std {result['norm_std']:.3f}  "
+          f"std/mean {result['norm_std_over_mean']:.3f}")
+    print(f"  cosine positive  mean {result['positive_cosine_mean']:+.3f}  std {result['positive_cosine_std']:.3f}")
+    print(f"  cosine negative  mean {result['negative_cosine_mean']:+.3f}  std {result['negative_cosine_std']:.3f}")
+    print(f"wrote {', '.join(result['histograms'])} and diagnostics.json into {args.run}")
+
+
+def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-pretrain``: SimCLR / MoCo pretraining with SEC; ``--probe`` adds the linear probe."""
+    parser = _parser("sslsec-pretrain", "Contrastive pretraining (SimCLR or MoCo v2) with the Spherical Embedding "
+                     "Constraint. Run it with python, or with accelerate launch / torchrun for several processes.",
+                     "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
+    parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
+    parser.add_argument("--probe", action="store_true", help="run the linear probe and kNN on the result")
+    args = parser.parse_args(argv)
+    with _exit_on_user_error(parser.prog):
+        config = load_config(args.config, args.overrides)
+        run_dir = pretrain(config)
+        if args.probe and (run_dir / "backbone.safetensors").is_file():
+            config, backbone = load_run(run_dir)
+            _probe(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
+    PartialState().destroy_process_group()

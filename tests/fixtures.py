@@ -1,0 +1,134 @@
+"""Small data sets written in their real on-disk formats, for tests of anything that reads data.
+
+Each writer returns what it wrote (uint8 images ``(N, C, H, W)`` and int64 labels per split) so a test can
+compare what :func:`sslsec.data.load_dataset` reads back against it.
+
+CIFAR is read by torchvision's own ``CIFAR10``/``CIFAR100`` classes, which check every file against the md5
+of the official release; :func:`patch_cifar_checksums` points those class attributes at the fixture's md5s
+(with pytest's ``monkeypatch``, so the change is undone after the test).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import encode_jpeg
+
+Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N, C, H, W), labels int64 (N,)
+
+CIFAR_LAYOUT = {  # name -> (folder, train files, test files, meta file, meta key, label key)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
+}
+
+
+def random_split(n: int, channels: int, size: int, num_classes: int, seed: int) -> Split:
+    """``n`` random uint8 images with labels cycling through the classes (so every class is present)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(n, dtype=torch.int64) % num_classes
+    return images, labels
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_per_file: int = 6, n_test: int = 10) -> dict[str, Split]:
+    """Pickled CIFAR batches as in the official ``cifar-*-python.tar.gz``, under ``root/<folder>/``."""
+    folder, train_files, test_files, meta_file, meta_key, label_key = CIFAR_LAYOUT[name]
+    num_classes = 10 if name == "cifar10" else 100
+    base = Path(root) / folder
+    base.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, files, n in (("train", train_files, n_per_file), ("test", test_files, n_test)):
+        parts = [random_split(n, 3, 32, num_classes, seed=100 * len(split) + i) for i, f in enumerate(files)]
+        for file_name, (images, labels) in zip(files, parts):
+            entry = {"batch_label": file_name, "data": images.reshape(len(images), -1).numpy(),
+                     label_key: labels.tolist(), "filenames": [f"{i}.png" for i in range(len(images))]}
+            _pickle(base / file_name, entry)
+        written[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    _pickle(base / meta_file, {meta_key: [f"class_{c}" for c in range(num_classes)]})
+    return written
+
+
+def _pickle(path: Path, obj) -> None:
+    with open(path, "wb") as file:
+        pickle.dump(obj, file, protocol=2)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def patch_cifar_checksums(monkeypatch, root: Path, name: str = "cifar10") -> None:
+    """Make torchvision's CIFAR class accept the fixture files in ``root`` (their md5s replace the official)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    reader = CIFAR10 if name == "cifar10" else CIFAR100
+    base = Path(root) / reader.base_folder
+    monkeypatch.setattr(reader, "train_list", [[f, _md5(base / f)] for f, _ in reader.train_list])
+    monkeypatch.setattr(reader, "test_list", [[f, _md5(base / f)] for f, _ in reader.test_list])
+    monkeypatch.setattr(reader, "meta", {**reader.meta, "md5": _md5(base / reader.meta["filename"])})
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """An idx file of unsigned bytes (as in MNIST/Fashion-MNIST), gzip-compressed."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_fashion_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> dict[str, Split]:
+    """The four Fashion-MNIST idx ``.gz`` files in the flat layout of Debian's ``dataset-fashion-mnist``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images, labels = random_split(n, 1, 28, 10, seed=len(prefix))
+        write_idx_gz(root / f"{prefix}-images-idx3-ubyte.gz", images[:, 0].numpy())
+        write_idx_gz(root / f"{prefix}-labels-idx1-ubyte.gz", labels.numpy().astype(np.uint8))
+        written[split] = (images, labels)
+    return written
+
+
+def write_npz(root: Path, channels: int = 3, size: int = 8, n_train: int = 30, n_test: int = 12,
+              num_classes: int = 3, classes: list[str] | None = None) -> dict[str, Split]:
+    """``root/train.npz`` and ``root/test.npz`` with ``images`` (N x H x W [x C] uint8) and ``labels``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = random_split(n, channels, size, num_classes, seed=n)
+        stored = images[:, 0] if channels == 1 else images.permute(0, 2, 3, 1)
+        extra = {"classes": np.array(classes)} if classes else {}
+        np.savez(root / f"{split}.npz", images=stored.numpy(), labels=labels.numpy(), **extra)
+        written[split] = (images, labels)
+    return written
+
+
+def write_jpeg_folder(root: Path, classes: dict[str, int], split_folders: tuple[str, ...] = ("train", "val"),
+                      sizes: tuple[tuple[int, int], ...] = ((40, 56), (64, 48))) -> None:
+    """``root/<split>/<class>/<i>.JPEG``: ``classes[name]`` JPEGs per class, cycling through ``sizes`` (H, W).
+
+    Each image is one flat colour whose red channel encodes the class index (``20 * index``), so a test can
+    check decoded labels against pixels despite JPEG loss.
+    """
+    for split in split_folders:
+        for index, (name, count) in enumerate(sorted(classes.items())):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                height, width = sizes[i % len(sizes)]
+                image = torch.empty((3, height, width), dtype=torch.uint8)
+                image[0], image[1], image[2] = 20 * index, 100, 200
+                (folder / f"{name}_{i}.JPEG").write_bytes(_encode_jpeg(image))
+
+
+def _encode_jpeg(image: torch.Tensor) -> bytes:
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return encode_jpeg(image, quality=95).numpy().tobytes()

@@ -1,0 +1,131 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslsec.config import ConfigError, load_config
+from sslsec.models import load_backbone
+from sslsec.train import TrainingError, pretrain
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def npz_root(tmp_path_factory):
+    """An npz data set of smooth random 16 px images (learnable, unlike pixel noise)."""
+    root = tmp_path_factory.mktemp("npz")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 128), ("test", 32)):
+        coarse = torch.rand(n, 1, 4, 4, generator=g)
+        images = torch.nn.functional.interpolate(coarse, size=16, mode="bilinear", align_corners=False)
+        labels = (coarse.mean(dim=(1, 2, 3)) * 4).long().clamp(max=3)
+        np.savez(root / f"{split}.npz", images=(images[:, 0] * 255).byte().numpy(), labels=labels.numpy())
+    return root
+
+
+def _overrides(npz_root, output_dir, *extra):
+    return [
+        "data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn",
+        "model.projection_hidden_dim=64", "model.projection_dim=32", "moco.queue_size=64",
+        "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=1",
+        "trainer.checkpoint_every=1", "optim.warmup_epochs=0", "eval.knn_k=10",
+        f"output_dir={output_dir}", *extra,
+    ]
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "total" in r], [r for r in rows if "knn_top1" in r]
+
+
+def test_simclr_run_logs_finite_decreasing_loss_and_writes_its_outputs(npz_root, tmp_path):
+    run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=4",
+                                                "optim.lr=0.5", "loss.sec_weight=0.1")))
+    steps, knn = _metrics(run)
+    losses = [r["total"] for r in steps]
+    assert len(steps) == 16 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-4:]) < sum(losses[:4])
+    assert {"contrastive", "sec", "norm_mean", "norm_std", "lr", "images_per_s"} <= set(steps[0])
+    assert [r["epoch"] for r in knn] == [1, 2, 3, 4] and all(0 <= r["knn_top1"] <= 100 for r in knn)
+
+    backbone = load_backbone(run / "backbone.safetensors")
+    assert backbone(torch.zeros(2, 1, 16, 16)).shape == (2, backbone.feature_dim)
+    assert load_config(run / "config.yaml").loss.sec_weight == 0.1
+    assert "layers.0.weight" in load_file(run / "projection_head.safetensors")
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(npz_root, tmp_path, method):
+    extra = [f"method={method}", "trainer.eval_every=0", "loss.sec_weight=0.5", "loss.sec_momentum=0.1"]
+    straight = pretrain(load_config(None, _overrides(npz_root, tmp_path / "straight", *extra)))
+
+    interrupted = tmp_path / "interrupted"
+    pretrain(load_config(None, _overrides(npz_root, interrupted, *extra, "trainer.max_steps=6")))
+    assert not (interrupted / "backbone.safetensors").exists()
+    (interrupted / "checkpoints" / ".partial_step_00000007").mkdir()  # a save killed half-way
+    pretrain(load_config(None, _overrides(npz_root, interrupted, *extra, "resume=true")))
+
+    expected, resumed = load_file(straight / "backbone.safetensors"), load_file(interrupted / "backbone.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    last_straight, last_resumed = _metrics(straight)[0][-1], _metrics(interrupted)[0][-1]
+    assert (last_straight["step"], last_straight["total"]) == (last_resumed["step"], last_resumed["total"])
+
+
+def test_a_finished_run_is_not_overwritten_without_resume(npz_root, tmp_path):
+    config = load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.max_steps=1"))
+    pretrain(config)
+    with pytest.raises(TrainingError, match="already holds a run; pass resume=true"):
+        pretrain(config)
+
+
+def test_a_diverging_run_stops_with_the_step_named(npz_root, tmp_path):
+    config = load_config(None, _overrides(npz_root, tmp_path / "run", "optim.lr=1e30", "trainer.eval_every=0"))
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(epoch \d\); "):
+        pretrain(config)
+
+
+def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, tmp_path):
+    config = load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.batch_size=30",
+                                          "trainer.gradient_accumulation_steps=4"))
+    with pytest.raises(ConfigError, match="trainer.batch_size=30 must be divisible"):
+        pretrain(config)
+
+
+def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--config", str(ROOT / "configs" / "simclr_fmnist.yaml"),
+         "loss.sec_wieght=1", f"output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "unknown key loss.sec_wieght" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_accelerate_launch_with_two_cpu_processes(npz_root, tmp_path, method):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "scripts" / "pretrain.py"), *_overrides(npz_root, run, f"method={method}",
+                                                            "trainer.checkpoint_every=0", "moco.queue_size=512")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps, knn = _metrics(run)
+    assert len(steps) == 8 and all(torch.isfinite(torch.tensor([r["total"] for r in steps])))
+    # 32 images per step, 16 on each process: the logged throughput counts both processes.
+    assert len(knn) == 2 and (run / "backbone.safetensors").is_file()
+    if method == "moco":
+        checkpoint = torch.load(next((run / "checkpoints").glob("step_*")) / "pytorch_model.bin", weights_only=False)
+        assert int(checkpoint["criterion._extra_state"]["bank_ptr"]) == 8 * 32  # keys of both processes
