@@ -147,3 +147,33 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
             config, backbone = load_run(run_dir)
             _probe(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
     PartialState().destroy_process_group()
+
+
+def study_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each pretrained, probed and diagnosed; prints the table."""
+    from sslsec.study import VARIANTS, run_study, summarize_study
+
+    parser = _parser("sslsec-study", "The SEC study: pretrain every variant x seed into output_dir/VARIANT_seedN, then "
+                     "the linear probe, kNN and norm diagnostics; writes study.md, study.json, study_knn.png and "
+                     "study_norms.png into output_dir. Finished runs are reused and interrupted ones resumed. Run it "
+                     "with python, or with accelerate launch / torchrun for several processes.",
+                     "trainer.epochs=4 output_dir=runs/study")
+    parser.add_argument("--config", type=Path, help="base config YAML (default: the built-in defaults)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all four)")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per variant, trainer.seed=0..SEEDS-1 (default 3)")
+    parser.add_argument("--sec-weight", type=float, default=1.0,
+                        help="loss.sec_weight of sec and sec_ema (default 1.0, sec_wei of the paper's official code)")
+    parser.add_argument("--sec-momentum", type=float, default=0.1, help="loss.sec_momentum of sec_ema (default 0.1)")
+    parser.add_argument("--l2-weight", type=float, default=0.01,
+                        help="loss.norm_penalty_weight of l2 (default 0.01, this project's choice)")
+    parser.add_argument("--diagnostics-n", type=int, default=1024,
+                        help="test images embedded for the norm diagnostics (default 1024)")
+    args = parser.parse_args(argv)
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    with _exit_on_user_error(parser.prog):
+        rows = run_study(args.config, variants, args.seeds, args.overrides, sec_weight=args.sec_weight,
+                         sec_momentum=args.sec_momentum, l2_weight=args.l2_weight, diagnostics_n=args.diagnostics_n)
+    if PartialState().is_main_process:
+        print("\n" + summarize_study(rows), end="")
+    PartialState().destroy_process_group()

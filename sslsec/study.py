@@ -1,0 +1,257 @@
+"""The SEC study: plain InfoNCE against SEC, SEC with an EMA radius and the L2 norm penalty, over seeds.
+
+Every variant x seed is one pretraining run in ``{output_dir}/{variant}_seed{seed}`` (``trainer.seed=seed``),
+followed by the linear probe and kNN of its backbone and the norm diagnostics of its projections. All runs
+share one base config (a YAML file, then ``key=value`` overrides); each variant then sets only the loss:
+
+- ``none``: plain InfoNCE, ``loss.sec_weight=0``, ``loss.norm_penalty_weight=0``;
+- ``sec``: SEC with the batch-mean radius, ``loss.sec_weight=W``, ``loss.sec_momentum=null``;
+- ``sec_ema``: SEC with an EMA radius, ``loss.sec_weight=W``, ``loss.sec_momentum=rho``;
+- ``l2``: the paper's L2 baseline ``mean_i ||z_i||^2``, ``loss.norm_penalty_weight=W2``.
+
+Defaults: ``W = 1.0`` (``sec_wei 1.0`` in the paper's official code), ``rho = 0.1``, ``W2 = 0.01`` (this
+project's choice, not a published value: ``||z||^2`` is unbounded, so its weight stays small).
+
+A finished run leaves ``study_row.json`` (its row, written last) and ``projection_norms.safetensors``; a rerun
+reuses it, resumes a run that has checkpoints but no backbone, and trains the rest::
+
+    rows = run_study("configs/simclr_fmnist.yaml", ["none", "sec"], seeds=3, overrides=["output_dir=runs/study"])
+    print(summarize_study(rows))     # also in runs/study/study.md, with study.json and two PNGs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from safetensors.torch import load_file, save_file
+
+from sslsec.config import Config, ConfigError, load_config, to_dict
+from sslsec.diagnostics import _figure_class, load_projection_head, projection_samples, summarize
+from sslsec.distributed import make_accelerator
+from sslsec.evaluate import evaluate_backbone, load_saved_backbone, load_splits
+from sslsec.train import build_augment, pretrain
+
+VARIANTS = ("none", "sec", "sec_ema", "l2")
+ROW_FILE, NORMS_FILE = "study_row.json", "projection_norms.safetensors"
+# Keys a finished or interrupted run may differ in: where it lives, how it was started and when it stops early
+# do not change the recipe (the schedule follows trainer.epochs); eval.* only changes the evaluation, redone.
+FREE_KEYS = ("output_dir", "resume", "trainer.max_steps")
+
+
+class StudyError(ConfigError):
+    """A study that cannot run as asked: an unknown variant, or a run directory trained with other settings."""
+
+
+def variant_overrides(name: str, sec_weight: float = 1.0, sec_momentum: float = 0.1,
+                      l2_weight: float = 0.01) -> List[str]:
+    """The ``key=value`` loss settings of variant ``name``; every loss key is set, so the base config cannot leak in."""
+    settings = {"none": (0.0, None, 0.0), "sec": (sec_weight, None, 0.0), "sec_ema": (sec_weight, sec_momentum, 0.0),
+                "l2": (0.0, None, l2_weight)}
+    if name not in settings:
+        raise StudyError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    weight, momentum, penalty = settings[name]
+    return [f"loss.sec_weight={weight}", f"loss.sec_momentum={'null' if momentum is None else momentum}",
+            f"loss.norm_penalty_weight={penalty}"]
+
+
+def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], seeds: int,
+              overrides: Sequence[str] = (), *, sec_weight: float = 1.0, sec_momentum: float = 0.1,
+              l2_weight: float = 0.01, diagnostics_n: int = 1024,
+              log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into output_dir.
+
+    Call it on every process of a distributed launch: all run the same loop, only the main process writes
+    study files and logs. Returns one row per run (variant-major), the same on every process: ``variant, seed,
+    run_dir, linear_top1, linear_top5, knn_top1`` (%), ``norm_mean, norm_std, norm_std_over_mean`` (test views),
+    ``knn_per_epoch`` (see :func:`knn_per_epoch`), the loss settings, ``eval`` and ``seconds`` (the wall time of
+    the invocation that finished the run).
+    """
+    variants = list(dict.fromkeys(variants))
+    if not variants or seeds < 1 or diagnostics_n < 2:
+        raise StudyError(f"a study needs at least one variant, seeds >= 1 and diagnostics_n >= 2; got variants="
+                         f"{variants}, seeds={seeds}, diagnostics_n={diagnostics_n}")
+    output_dir = Path(load_config(config_path, overrides).output_dir)
+    configs = {  # all built (and validated) before any work
+        (variant, seed): load_config(config_path, [
+            *overrides, *variant_overrides(variant, sec_weight, sec_momentum, l2_weight), f"trainer.seed={seed}",
+            f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=true"])
+        for variant in variants for seed in range(seeds)}
+    for config in configs.values():
+        _check_same_recipe(config, Path(config.output_dir))
+    _figure_class()  # a missing matplotlib fails here too
+    accelerator = make_accelerator(mixed_precision=next(iter(configs.values())).trainer.mixed_precision)
+    say = log if accelerator.is_main_process else (lambda message: None)
+    rows, reused = [], []
+    for (variant, seed), config in configs.items():
+        run_dir = Path(config.output_dir)
+        row = _finished_row(config, run_dir)
+        if row is not None:
+            reused.append(run_dir.name)
+            say(f"reused {run_dir} (finished: {ROW_FILE})")
+        else:
+            say(f"{_next_step(run_dir)} {run_dir}")
+            _run_one(config, variant, run_dir, diagnostics_n, accelerator)
+            row = json.loads((run_dir / ROW_FILE).read_text())
+        rows.append(row)
+    if accelerator.is_main_process:
+        (output_dir / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (output_dir / "study.md").write_text(summarize_study(rows))
+        plot_study(rows, output_dir)
+        say(f"reused {len(reused)} of {len(rows)} runs{': ' + ', '.join(reused) if reused else ''}")
+        say(f"wrote study.md, study.json, study_knn.png, study_norms.png into {output_dir}")
+    accelerator.wait_for_everyone()
+    return rows
+
+
+def _next_step(run_dir: Path) -> str:
+    if (run_dir / "backbone.safetensors").is_file():
+        return "evaluating"  # pretrained, but with no row for these eval settings
+    return "resuming" if (run_dir / "checkpoints" / "latest").is_file() else "training"
+
+
+def _check_same_recipe(config: Config, run_dir: Path) -> None:
+    """Refuse to reuse or resume a run that was trained with other settings than the study asks for."""
+    saved = run_dir / "config.yaml"
+    started = (run_dir / "backbone.safetensors").is_file() or (run_dir / "checkpoints" / "latest").is_file()
+    if not (started and saved.is_file()):
+        return
+    before, now = dict(_flatten(to_dict(load_config(saved)))), dict(_flatten(to_dict(config)))
+    for key, value in now.items():
+        if key not in FREE_KEYS and not key.startswith("eval.") and before.get(key) != value:
+            raise StudyError(f"{run_dir} was trained with {key}={before.get(key)!r}, but this study asks for "
+                             f"{value!r}; pass the same settings, or another output_dir, or delete {run_dir}")
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _finished_row(config: Config, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The saved row of a finished run evaluated with the same ``eval`` settings, else None."""
+    path = run_dir / ROW_FILE
+    if not (path.is_file() and (run_dir / "backbone.safetensors").is_file() and (run_dir / NORMS_FILE).is_file()):
+        return None
+    row = json.loads(path.read_text())
+    return row if row.get("eval") == dataclasses.asdict(config.eval) else None
+
+
+def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, accelerator) -> None:
+    """Pretrain (or finish) one run, evaluate it, and (main process) write its norms and row."""
+    start = time.perf_counter()
+    if not (run_dir / "backbone.safetensors").is_file():
+        pretrain(config)
+    if not (run_dir / "backbone.safetensors").is_file():  # trainer.max_steps stopped it early
+        raise StudyError(f"{run_dir} stopped before its last epoch (trainer.max_steps); drop max_steps to finish it")
+    backbone = load_saved_backbone(run_dir / "backbone.safetensors")
+    train, test = load_splits(config)
+    probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed)
+    if accelerator.is_main_process:
+        head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
+        samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),
+                                     diagnostics_n)
+        norms = summarize(samples)
+        save_file({"norms": samples["norms"].contiguous()}, str(run_dir / NORMS_FILE))
+        row = {"variant": variant, "seed": config.trainer.seed, "run_dir": str(run_dir), "method": config.method,
+               "dataset": test.name, "sec_weight": config.loss.sec_weight, "sec_momentum": config.loss.sec_momentum,
+               "norm_penalty_weight": config.loss.norm_penalty_weight,
+               "linear_top1": probe["top1"], "linear_top5": probe["top5"], "knn_top1": probe["knn_top1"],
+               "norm_mean": norms["norm_mean"], "norm_std": norms["norm_std"],
+               "norm_std_over_mean": norms["norm_std_over_mean"], "knn_per_epoch": knn_per_epoch(run_dir),
+               "seconds": time.perf_counter() - start, "eval": dataclasses.asdict(config.eval)}
+        partial = run_dir / f".{ROW_FILE}.tmp"
+        partial.write_text(json.dumps(row, indent=2) + "\n")
+        os.replace(partial, run_dir / ROW_FILE)  # the row appears complete or not at all
+    accelerator.wait_for_everyone()
+
+
+def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
+    """``[[epoch, knn_top1], ...]`` from a run's ``metrics.jsonl``; after a resume the last row of an epoch wins."""
+    by_epoch = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "knn_top1" in row:
+            by_epoch[row["epoch"]] = row["knn_top1"]
+    return [[epoch, by_epoch[epoch]] for epoch in sorted(by_epoch)]
+
+
+def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
+    """Markdown: per variant, linear and kNN top-1 (%) and the projections' norm std/mean as mean ± std over
+    seeds (sample std; a single seed shows the value alone), then the kNN top-1 per epoch, mean over seeds."""
+    groups = _by_variant(rows)
+    first = rows[0]
+    lines = [f"SEC study: {first['method']} on {first['dataset']}; linear probe and kNN on the test split, "
+             "norm std/mean of the projections before normalization.", "",
+             "| variant | seeds | linear top-1 (%) | kNN top-1 (%) | norm std/mean |", "|---|---:|---:|---:|---:|"]
+    for variant, group in groups.items():
+        cells = [_mean_std([row[key] for row in group], digits)
+                 for key, digits in (("linear_top1", 2), ("knn_top1", 2), ("norm_std_over_mean", 3))]
+        lines.append(f"| {variant} | {len(group)} | {' | '.join(cells)} |")
+    curves = {variant: _knn_curve(group) for variant, group in groups.items()}
+    lines += ["", "kNN top-1 (%) during pretraining, mean over seeds:", "",
+              f"| epoch | {' | '.join(groups)} |", "|---:|" + "---:|" * len(groups)]
+    for epoch in sorted({epoch for curve in curves.values() for epoch in curve}):
+        cells = [f"{statistics.fmean(curve[epoch]):.2f}" if epoch in curve else "" for curve in curves.values()]
+        lines.append(f"| {epoch} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _by_variant(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["variant"], []).append(row)
+    return groups
+
+
+def _mean_std(values: List[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _knn_curve(group: List[Dict[str, Any]]) -> Dict[int, List[float]]:
+    """epoch -> the kNN top-1 of every seed that logged it."""
+    curve: Dict[int, List[float]] = {}
+    for row in group:
+        for epoch, top1 in row["knn_per_epoch"]:
+            curve.setdefault(int(epoch), []).append(top1)
+    return curve
+
+
+def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
+    """Write ``study_knn.png`` (kNN top-1 per epoch: mean line, min-max band over seeds) and ``study_norms.png``
+    (projection-norm histograms of each variant's first seed, side by side) into ``output_dir``."""
+    Figure = _figure_class()
+    output_dir = Path(output_dir)
+    paths, groups = [output_dir / "study_knn.png", output_dir / "study_norms.png"], _by_variant(rows)
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    axes = figure.subplots()
+    for variant, group in groups.items():
+        curve = _knn_curve(group)
+        epochs = sorted(curve)
+        (line,) = axes.plot(epochs, [statistics.fmean(curve[e]) for e in epochs], marker="o", label=variant)
+        axes.fill_between(epochs, [min(curve[e]) for e in epochs], [max(curve[e]) for e in epochs],
+                          color=line.get_color(), alpha=0.2)
+    axes.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy (mean, min-max over seeds)")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend()
+    figure.savefig(paths[0], dpi=120)
+    figure = Figure(figsize=(3.2 * len(groups), 3), layout="constrained")
+    for axes, (variant, group) in zip(figure.subplots(1, len(groups), squeeze=False)[0], groups.items()):
+        row = group[0]  # run dirs are found under output_dir, so a moved study still plots
+        norms = load_file(str(output_dir / f"{variant}_seed{row['seed']}" / NORMS_FILE))["norms"]
+        axes.hist(norms.numpy(), bins=60, color="tab:blue")
+        axes.set(xlabel="||z|| before normalization", title=f"{variant} (seed {row['seed']}): "
+                 f"std/mean {row['norm_std_over_mean']:.3f}")
+    figure.axes[0].set_ylabel("views")
+    figure.savefig(paths[1], dpi=120)
+    return paths

@@ -1,0 +1,174 @@
+"""The SEC study end to end on a tiny npz data set: runs, table, JSON, PNGs, reuse, resume and its errors."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslsec.cli import study_main
+from sslsec.config import load_config
+from sslsec.study import NORMS_FILE, StudyError, run_study, summarize_study, variant_overrides
+from sslsec.train import pretrain
+
+ROOT = Path(__file__).parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def npz_root(tmp_path_factory):
+    """An npz data set of smooth random 16 px images (learnable, unlike pixel noise)."""
+    root = tmp_path_factory.mktemp("npz")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 128), ("test", 32)):
+        coarse = torch.rand(n, 1, 4, 4, generator=g)
+        images = torch.nn.functional.interpolate(coarse, size=16, mode="bilinear", align_corners=False)
+        labels = (coarse.mean(dim=(1, 2, 3)) * 4).long().clamp(max=3)
+        np.savez(root / f"{split}.npz", images=(images[:, 0] * 255).byte().numpy(), labels=labels.numpy())
+    return root
+
+
+def _overrides(npz_root, output_dir, *extra):
+    return [
+        "data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn", "model.projection_hidden_dim=64",
+        "model.projection_dim=32", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=1",
+        "trainer.eval_every=1", "trainer.checkpoint_every=1", "optim.warmup_epochs=0", "eval.knn_k=10",
+        "eval.probe_epochs=5", f"output_dir={output_dir}", *extra,
+    ]
+
+
+def _study_cli(npz_root, output_dir):
+    """Run ``sslsec-study`` with sec (weight 0.5) and l2 (weight 0.02), one seed; returns its stdout."""
+    argv = ["--config", str(ROOT / "configs" / "simclr_fmnist.yaml"), "--variants", "sec,l2", "--seeds", "1",
+            "--sec-weight", "0.5", "--l2-weight", "0.02", "--diagnostics-n", "64", *_overrides(npz_root, output_dir)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        study_main(argv)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def study(npz_root, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("study")
+    return output_dir, _study_cli(npz_root, output_dir)
+
+
+def _knn_rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [[r["epoch"], r["knn_top1"]] for r in rows if "knn_top1" in r]
+
+
+def test_variants_set_every_loss_key_over_the_base_config():
+    base = ["loss.sec_weight=3", "loss.sec_momentum=0.5", "loss.norm_penalty_weight=2"]
+    expected = {"none": (0.0, None, 0.0), "sec": (0.7, None, 0.0), "sec_ema": (0.7, 0.2, 0.0), "l2": (0.0, None, 0.03)}
+    for name, settings in expected.items():
+        loss = load_config(None, [*base, *variant_overrides(name, sec_weight=0.7, sec_momentum=0.2, l2_weight=0.03)]).loss
+        assert (loss.sec_weight, loss.sec_momentum, loss.norm_penalty_weight) == settings, name
+
+
+def test_study_writes_the_table_json_and_plots(study):
+    output_dir, printed = study
+    rows = json.loads((output_dir / "study.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [("sec", 0), ("l2", 0)]
+    for row in rows:
+        run_dir = output_dir / f"{row['variant']}_seed0"
+        assert {"linear_top1", "knn_top1", "norm_std_over_mean", "knn_per_epoch", "run_dir", "seconds"} <= set(row)
+        assert 0 <= row["linear_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
+        assert row["knn_per_epoch"] == _knn_rows(run_dir) and [e for e, _ in row["knn_per_epoch"]] == [1, 2]
+        norms = load_file(run_dir / NORMS_FILE)["norms"].double()
+        assert len(norms) == 64  # two views of each of the 32 test images (n=64 is capped at the split)
+        assert row["norm_std_over_mean"] == pytest.approx((norms.std() / norms.mean()).item())
+
+    sec, l2 = (load_config(output_dir / f"{name}_seed0" / "config.yaml").loss for name in ("sec", "l2"))
+    assert (sec.sec_weight, sec.sec_momentum, sec.norm_penalty_weight) == (0.5, None, 0.0)
+    assert (l2.sec_weight, l2.norm_penalty_weight) == (0.0, 0.02)
+
+    table = (output_dir / "study.md").read_text()
+    assert table in printed
+    assert f"| sec | 1 | {rows[0]['linear_top1']:.2f} | {rows[0]['knn_top1']:.2f} |" in table
+    assert "| epoch | sec | l2 |" in table and f"| 2 | {rows[0]['knn_per_epoch'][1][1]:.2f} |" in table
+    for name in ("study_knn.png", "study_norms.png"):
+        assert (output_dir / name).read_bytes()[:8] == PNG
+
+
+def test_a_second_invocation_reuses_the_finished_runs(npz_root, study):
+    output_dir, _ = study
+    watched = [output_dir / f"{name}_seed0" / file for name in ("sec", "l2")
+               for file in ("metrics.jsonl", "backbone.safetensors", "study_row.json")]
+    before = [path.stat().st_mtime_ns for path in watched]
+    rows = json.loads((output_dir / "study.json").read_text())
+    printed = _study_cli(npz_root, output_dir)
+    assert [path.stat().st_mtime_ns for path in watched] == before
+    assert f"reused {output_dir / 'sec_seed0'}" in printed and "reused 2 of 2 runs: sec_seed0, l2_seed0" in printed
+    assert json.loads((output_dir / "study.json").read_text()) == rows
+
+
+def test_an_interrupted_run_is_resumed_and_other_settings_are_refused(npz_root, tmp_path):
+    run_dir = tmp_path / "none_seed0"
+    interrupted = [*_overrides(npz_root, run_dir), *variant_overrides("none"), "trainer.seed=0", "trainer.max_steps=3"]
+    pretrain(load_config(None, interrupted))
+    assert not (run_dir / "backbone.safetensors").exists()
+
+    log = []
+    [row] = run_study(None, ["none"], 1, _overrides(npz_root, tmp_path), diagnostics_n=64, log=log.append)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert f"resuming {run_dir}" in log and steps == sorted(steps) and steps[0] == 1 and steps[-1] == 8
+    assert (row["sec_weight"], row["norm_penalty_weight"]) == (0.0, 0.0) and (run_dir / "backbone.safetensors").is_file()
+
+    trained = (run_dir / "metrics.jsonl").stat().st_mtime_ns
+    [row] = run_study(None, ["none"], 1, _overrides(npz_root, tmp_path, "eval.probe_epochs=3"), diagnostics_n=64,
+                      log=log.append)
+    assert f"evaluating {run_dir}" in log and row["eval"]["probe_epochs"] == 3
+    assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == trained  # evaluated again, not retrained
+
+    with pytest.raises(StudyError, match=r"trained with trainer.epochs=2, but this study asks for 3"):
+        run_study(None, ["none"], 1, _overrides(npz_root, tmp_path, "trainer.epochs=3"))
+
+
+def test_an_unknown_variant_is_one_clear_error_before_any_work(npz_root, tmp_path, capsys):
+    with pytest.raises(StudyError, match="unknown variant 'sec_emma'; valid variants: none, sec, sec_ema, l2"):
+        run_study(None, ["none", "sec_emma"], 1, _overrides(npz_root, tmp_path / "study"))
+    with pytest.raises(SystemExit) as exit_info:
+        study_main(["--variants", "none,bogus", *_overrides(npz_root, tmp_path / "study")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "sslsec-study: error: unknown variant 'bogus'; valid variants: none, sec, sec_ema, l2" in err
+    assert not (tmp_path / "study").exists()
+
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "--variants", "L2",
+                              f"output_dir={tmp_path / 'study'}"], capture_output=True, text=True)
+    assert process.returncode == 2 and "Traceback" not in process.stderr and "valid variants" in process.stderr
+
+
+def test_summary_shows_mean_and_sample_std_over_seeds():
+    def row(variant, seed, linear, knn, spread, curve):
+        return {"variant": variant, "seed": seed, "method": "simclr", "dataset": "npz", "linear_top1": linear,
+                "knn_top1": knn, "norm_std_over_mean": spread, "knn_per_epoch": curve}
+
+    table = summarize_study([row("none", 0, 80.0, 70.0, 0.30, [[1, 50.0], [2, 60.0]]),
+                             row("none", 1, 82.0, 74.0, 0.20, [[1, 54.0], [2, 62.0]]),
+                             row("sec", 0, 85.0, 75.0, 0.05, [[2, 66.0]])])
+    assert "| none | 2 | 81.00 ± 1.41 | 72.00 ± 2.83 | 0.250 ± 0.071 |" in table
+    assert "| sec | 1 | 85.00 | 75.00 | 0.050 |" in table
+    assert "| 1 | 52.00 |  |" in table and "| 2 | 61.00 | 66.00 |" in table
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "scripts" / "study.py"),
+         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", *_overrides(npz_root, tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert process.returncode == 0, process.stderr[-3000:]
+    [row] = json.loads((tmp_path / "study.json").read_text())
+    assert row["variant"] == "sec_ema" and row["sec_momentum"] == 0.1 and row["sec_weight"] == 1.0
+    assert process.stdout.count("| sec_ema | 1 |") == 1  # the table is printed once, by the main process
+    assert row["knn_per_epoch"] == _knn_rows(tmp_path / "sec_ema_seed0")
