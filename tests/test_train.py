@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,8 +125,11 @@ def test_accelerate_launch_with_two_cpu_processes(npz_root, tmp_path, method):
     assert result.returncode == 0, result.stderr[-3000:]
     steps, knn = _metrics(run)
     assert len(steps) == 8 and all(torch.isfinite(torch.tensor([r["total"] for r in steps])))
-    # 32 images per step, 16 on each process: the logged throughput counts both processes.
     assert len(knn) == 2 and (run / "backbone.safetensors").is_file()
+    if method == "simclr":
+        # 16 images per process, 32 per step: with the negatives of both processes the first loss is
+        # near log(2 * 32 - 1) = 4.14; with this process's alone it would be near log(2 * 16 - 1) = 3.43.
+        assert steps[0]["contrastive"] > math.log(47)
     if method == "moco":
         checkpoint = torch.load(next((run / "checkpoints").glob("step_*")) / "pytorch_model.bin", weights_only=False)
         assert int(checkpoint["criterion._extra_state"]["bank_ptr"]) == 8 * 32  # keys of both processes
