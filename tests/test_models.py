@@ -1,0 +1,45 @@
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from sslsec.models import build_backbone, build_projection_head, load_backbone, save_backbone
+
+
+def test_saved_resnet_loads_into_a_plain_torchvision_resnet(tmp_path):
+    spec = {"name": "resnet18", "in_channels": 3, "cifar_stem": False}
+    backbone = build_backbone(**spec).eval()
+    save_backbone(backbone, tmp_path / "b.safetensors", spec)
+
+    plain = torchvision.models.resnet18()
+    result = plain.load_state_dict(load_file(tmp_path / "b.safetensors"), strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
+    plain.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(plain.eval()(x), backbone(x), atol=1e-6)
+    assert torch.equal(load_backbone(tmp_path / "b.safetensors").eval()(x), backbone(x))
+
+
+@pytest.mark.parametrize("name, cifar_stem, in_channels, size", [
+    ("resnet18", True, 3, 32), ("resnet18", False, 1, 64), ("small_cnn", False, 1, 28),
+])
+def test_backbones_give_flat_features_of_their_declared_width(name, cifar_stem, in_channels, size):
+    backbone = build_backbone(name, in_channels, cifar_stem)
+    features = backbone(torch.randn(2, in_channels, size, size))
+    assert features.shape == (2, backbone.feature_dim)
+    if name == "resnet18":
+        assert backbone.conv1.kernel_size == ((3, 3) if cifar_stem else (7, 7))
+
+
+def test_projection_heads_follow_the_methods():
+    simclr, moco = build_projection_head("simclr", 64, 32, 16), build_projection_head("moco", 64, 32, 16)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in simclr.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in moco.modules())
+    assert simclr(torch.randn(4, 64)).shape == moco(torch.randn(4, 64)).shape == (4, 16)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown backbone 'vit'; choose one of resnet18, resnet50, small_cnn"):
+        build_backbone("vit")
+    with pytest.raises(ValueError, match="in_channels must be 1 or 3"):
+        build_backbone("small_cnn", in_channels=4)
