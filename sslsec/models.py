@@ -84,10 +84,15 @@ def build_projection_head(
     return heads[method](input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
 
 
+def save_module(module: nn.Module, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``module``'s state dict as a safetensors file (tensors moved to the CPU)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+
+
 def save_backbone(backbone: nn.Module, path: Union[str, Path], spec: Dict[str, Any]) -> None:
     """Write ``backbone`` as safetensors, with ``spec`` (the build_backbone arguments) as metadata."""
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-    save_file(state, str(path), metadata={"sslsec_backbone": json.dumps(spec)})
+    save_module(backbone, path, metadata={"sslsec_backbone": json.dumps(spec)})
 
 
 def load_backbone(path: Union[str, Path], spec: Optional[Dict[str, Any]] = None) -> nn.Module:

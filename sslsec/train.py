@@ -27,7 +27,6 @@ from accelerate.utils import set_seed
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,7 +37,7 @@ from sslsec.distributed import make_accelerator
 from sslsec.evaluate import knn_accuracy, load_splits
 from sslsec.losses import NonFiniteError
 from sslsec.methods import build_method, moco_momentum
-from sslsec.models import save_backbone
+from sslsec.models import save_backbone, save_module
 
 KEEP_CHECKPOINTS = 2
 
@@ -325,7 +324,6 @@ def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> Non
         spec = {"name": config.model.backbone, "in_channels": in_channels,
                 "cifar_stem": config.model.cifar_stem}
         save_backbone(core.backbone, output_dir / "backbone.safetensors", spec)
-        head = {k: v.detach().contiguous().cpu() for k, v in core.head.state_dict().items()}
-        save_file(head, str(output_dir / "projection_head.safetensors"))
+        save_module(core.head, output_dir / "projection_head.safetensors")
         accelerator.print(f"wrote {output_dir / 'backbone.safetensors'}")
     accelerator.wait_for_everyone()
