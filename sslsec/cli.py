@@ -74,13 +74,13 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
 def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
            accelerator: Optional[Accelerator] = None) -> None:
     """Linear probe + kNN of ``backbone`` (random init if None); print and write ``linear_probe.json``."""
-    train, test = load_splits(config)
+    train, val, test = load_splits(config)
     if backbone is None:
         backbone = random_backbone(config, train.channels)
     accelerator = accelerator or make_accelerator(mixed_precision=config.trainer.mixed_precision)
     start = time.perf_counter()
     result = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator,
-                               seed=config.trainer.seed)
+                               seed=config.trainer.seed, val=val)
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:
@@ -108,6 +108,9 @@ def _print_probe(result: dict, path: Path) -> None:
     top5 = "n/a" if result["top5"] is None else f"{result['top5']:6.2f} %"
     print(f"{result['backbone']} on {result['dataset']}: {result['train_size']} train / {result['test_size']} "
           f"test images, {result['num_classes']} classes, {result['epochs']} probe epochs")
+    if "val_top1" in result:
+        print(f"  validation ({result['val_size']} training images held out):  linear top-1 "
+              f"{result['val_top1']:6.2f} %   kNN top-1 {result['val_knn_top1']:6.2f} %")
     print(f"  linear top-1  {result['top1']:6.2f} %")
     print(f"  linear top-5  {top5}")
     print(f"  kNN top-1     {result['knn_top1']:6.2f} %   (k={result['knn_k']}, T={result['knn_temperature']})")
@@ -151,7 +154,7 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
 
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each pretrained, probed and diagnosed; prints the table."""
-    from sslsec.study import VARIANTS, run_study, summarize_study
+    from sslsec.study import DEFAULT_VARIANTS, VARIANTS, run_study, summarize_study
 
     parser = _parser("sslsec-study", "The SEC study: pretrain every variant x seed into output_dir/VARIANT_seedN, then "
                      "the linear probe, kNN and norm diagnostics; writes study.md, study.json, study_knn.png and "
@@ -159,14 +162,14 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
                      "with python, or with accelerate launch / torchrun for several processes.",
                      "trainer.epochs=4 output_dir=runs/study")
     parser.add_argument("--config", type=Path, help="base config YAML (default: the built-in defaults)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all four)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, trainer.seed=0..SEEDS-1 (default 3)")
-    parser.add_argument("--sec-weight", type=float, default=1.0,
-                        help="loss.sec_weight of sec and sec_ema (default 1.0, sec_wei of the paper's official code)")
-    parser.add_argument("--sec-momentum", type=float, default=0.1, help="loss.sec_momentum of sec_ema (default 0.1)")
-    parser.add_argument("--l2-weight", type=float, default=0.01,
-                        help="loss.norm_penalty_weight of l2 (default 0.01, this project's choice)")
+    parser.add_argument("--sec-weight", type=float, help="override the config's loss.sec_weight for the sec variants")
+    parser.add_argument("--sec-momentum", type=float,
+                        help="loss.sec_momentum of sec_ema (default: the config's, else 0.1)")
+    parser.add_argument("--l2-weight", type=float,
+                        help="loss.norm_penalty_weight of l2 (default: the config's, else 0.01)")
     parser.add_argument("--diagnostics-n", type=int, default=1024,
                         help="test images embedded for the norm diagnostics (default 1024)")
     args = parser.parse_args(argv)

@@ -13,9 +13,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import yaml
+
+from sslsec.losses import SEC_SCHEDULES
 
 METHODS = ("simclr", "moco")
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "npz", "imagenet_folder")
@@ -37,7 +39,8 @@ class DataConfig:
     image_size: Optional[int] = None  # folder data sets: decoded size; None keeps 224
     crop_size: Optional[int] = None  # augmented view size; None: the stored image size
     class_list: Optional[str] = None  # folder data sets: file with the classes to keep
-    train_limit: Optional[int] = None  # use a subset of the training split (CPU-scale runs)
+    val_size: Optional[int] = None  # class-balanced validation images carved from the training split (fixed seed)
+    train_limit: Optional[int] = None  # use a subset of the (remaining) training split (CPU-scale runs)
     test_limit: Optional[int] = None
     num_workers: Optional[int] = None  # folder data sets only
 
@@ -56,6 +59,25 @@ class LossConfig:
     sec_weight: float = 0.0
     sec_momentum: Optional[float] = None
     norm_penalty_weight: float = 0.0
+    sec_schedule: str = "constant"  # or "linear": weight * step / (total_steps - 1), the authors' ramp from 0
+
+
+@dataclass
+class AugmentConfig:
+    """The view recipe (kornia, :class:`sslsec.augment.ContrastiveAugment`); defaults are the published presets."""
+
+    crop_scale: Optional[Tuple[float, float]] = None  # None: the method's preset (SimCLR 0.08-1, MoCo v2 0.2-1)
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_prob: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4  # colour only: not applied to grayscale images
+    hue: float = 0.1  # colour only
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2  # colour only
+    blur_prob: Optional[float] = None  # None: 0.5 for views of 96 px and more, off below (SimCLR B.9)
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    blur_kernel_size: Optional[int] = None  # None: about 10 % of the view size, odd
 
 
 @dataclass
@@ -80,6 +102,8 @@ class TrainerConfig:
     epochs: int = 200
     batch_size: int = 512  # global batch, split over processes
     mixed_precision: str = "no"
+    channels_last: bool = True  # conv backbones: NHWC memory layout (faster under bf16 on CPUs and GPUs)
+    compile: bool = False  # torch.compile the model (pays on GPUs; no gain on CPUs)
     gradient_accumulation_steps: int = 1
     log_every: int = 50  # steps
     eval_every: int = 10  # epochs between kNN monitors; 0 turns it off
@@ -107,6 +131,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -179,6 +204,8 @@ def _build(cls: type, values: Dict[str, Any], prefix: str) -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``hint`` (int, float, bool, str, Optional, Union)."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if isinstance(value, (list, tuple)):
+        return _coerce_tuple(value, options, key)
     if value is None:
         if type(None) in options:
             return None
@@ -200,8 +227,26 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key} must be {_type_names(options)}, got {value!r}")
 
 
+def _coerce_tuple(value: Sequence[Any], options: Sequence[Any], key: str) -> Tuple[Any, ...]:
+    """A list such as ``[0.2, 1.0]`` for a ``Tuple[float, float]`` field."""
+    for option in options:
+        if typing.get_origin(option) is tuple:
+            items = typing.get_args(option)
+            if len(items) == len(value):
+                return tuple(_coerce(item, hint, f"{key}[{i}]") for i, (item, hint) in enumerate(zip(value, items)))
+    raise ConfigError(f"{key} must be {_type_names(options)}, got {list(value)!r}")
+
+
 def _type_names(options: Sequence[Any]) -> str:
-    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    return " or ".join(_type_name(o) for o in options)
+
+
+def _type_name(option: Any) -> str:
+    if option is type(None):
+        return "null"
+    if typing.get_origin(option) is tuple:
+        return f"a list of {len(typing.get_args(option))} numbers"
+    return option.__name__
 
 
 def _choice(key: str, value: str, choices: Sequence[str]) -> None:
@@ -222,11 +267,13 @@ def validate(config: Config) -> None:
     _choice("optim.name", config.optim.name, OPTIMIZERS)
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
+    _choice("loss.sec_schedule", config.loss.sec_schedule, SEC_SCHEDULES)
+    _check_augment(config.augment)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",
                 "eval.knn_temperature", "eval.probe_epochs", "eval.probe_batch_size",
                 "eval.probe_lr", "model.projection_dim", "model.projection_hidden_dim",
-                "moco.queue_size", "data.train_limit", "data.test_limit", "data.image_size",
+                "moco.queue_size", "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
                 "data.crop_size", "trainer.max_steps"):
         _positive(key, _get(config, key))
     for key in ("loss.sec_weight", "loss.norm_penalty_weight", "optim.weight_decay",
@@ -237,6 +284,25 @@ def validate(config: Config) -> None:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
+
+
+def _check_augment(augment: AugmentConfig) -> None:
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        value = getattr(augment, key)
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ConfigError(f"augment.{key} must be [low, high] with 0 < low <= high, got {list(value)}")
+    if augment.crop_scale is not None and augment.crop_scale[1] > 1:
+        raise ConfigError(f"augment.crop_scale is a fraction of the image area, at most 1; got {list(augment.crop_scale)}")
+    for key in ("hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+        value = getattr(augment, key)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"augment.{key} is a probability in [0, 1], got {value}")
+    for key in ("brightness", "contrast", "saturation"):
+        _positive(f"augment.{key}", getattr(augment, key), allow_zero=True)
+    if not 0 <= augment.hue <= 0.5:
+        raise ConfigError(f"augment.hue must be in [0, 0.5], got {augment.hue}")
+    if augment.blur_kernel_size is not None and (augment.blur_kernel_size < 1 or augment.blur_kernel_size % 2 == 0):
+        raise ConfigError(f"augment.blur_kernel_size must be an odd number >= 1 (or null), got {augment.blur_kernel_size}")
 
 
 def _get(config: Config, key: str) -> Any:

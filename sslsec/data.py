@@ -39,7 +39,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "BatchLoader", "load_dataset",
-    "stratified_first",
+    "stratified_first", "validation_split",
 ]
 
 DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "npz", "imagenet_folder")
@@ -73,6 +73,32 @@ def stratified_first(labels: Tensor, k: int) -> Tensor:
     rank_in_class[order] = torch.arange(len(labels)) - starts[labels[order]]
     key = rank_in_class * len(counts) + labels
     return torch.sort(torch.argsort(key, stable=True)[:k]).values
+
+
+def validation_split(labels: Tensor, val_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Carve a class-balanced validation set out of a training split: ``(train_indices, val_indices)``.
+
+    Every class gives ``val_size // classes`` samples (the remainder goes to the first classes), drawn at
+    random with ``seed``, so the split is the same on every run and process. Both index lists are sorted and
+    disjoint, and together cover the split.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    counts = torch.bincount(labels)
+    present = (counts > 0).nonzero().flatten()
+    if not 0 < val_size < len(labels):
+        raise DatasetError(f"data.val_size must be between 1 and {len(labels) - 1} (the training split has "
+                           f"{len(labels)} images), got {val_size}")
+    share = torch.full((len(present),), val_size // len(present), dtype=torch.int64)
+    share[: val_size % len(present)] += 1
+    if (share > counts[present]).any():
+        raise DatasetError(f"data.val_size={val_size} asks for more images per class than some classes have "
+                           f"(smallest class: {int(counts[present].min())})")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val = [order[labels[order] == cls][:take] for cls, take in zip(present.tolist(), share.tolist())]
+    val_indices = torch.sort(torch.cat(val)).values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val_indices] = False
+    return keep.nonzero().flatten(), val_indices
 
 
 @dataclass

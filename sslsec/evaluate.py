@@ -18,9 +18,10 @@ shards are gathered back into data-set order on every process. Accuracies are pe
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from sslsec.augment import EvalTransform, ProbeAugment
 from sslsec.config import Config, EvalConfig, load_config
-from sslsec.data import BatchLoader, load_dataset
+from sslsec.data import BatchLoader, load_dataset, stratified_first, validation_split
 from sslsec.models import build_backbone, load_backbone
 
 Features = Tuple[Tensor, Tensor]  # features float32 (N, F), labels int64 (N,), both on CPU
@@ -41,17 +42,50 @@ class EvaluationError(ValueError):
     """A backbone, a run directory or a data set that cannot be evaluated as asked."""
 
 
+VAL_SEED = 0  # the validation split is fixed: the same images for every run, seed and process
+
+
+class Splits(NamedTuple):
+    """The data a run trains and is scored on; ``val`` is None unless ``data.val_size`` is set."""
+
+    train: Any
+    val: Optional[Any]
+    test: Any
+
+
 def load_split(config: Config, split: str) -> Any:
-    """The ``split`` ("train" or "test") of the data set described by ``config.data``."""
+    """The ``split`` ("train", "val" or "test") of the data set described by ``config.data``.
+
+    "val" is ``data.val_size`` class-balanced training images (:func:`sslsec.data.validation_split`, fixed
+    seed); "train" is the rest of the training split, cut to ``data.train_limit``; "test" is cut to
+    ``data.test_limit``.
+    """
+    if split == "test":
+        data = config.data
+        return load_dataset(data.name, data.root, "test", download=data.download, image_size=data.image_size,
+                            class_list=data.class_list, limit=data.test_limit)
+    train, val = _train_and_val(config)
+    if split == "val" and val is None:
+        raise EvaluationError("there is no validation split: set data.val_size")
+    return train if split == "train" else val
+
+
+def load_splits(config: Config) -> Splits:
+    """Train, validation (None without ``data.val_size``) and test data sets from ``config.data``."""
+    return Splits(*_train_and_val(config), load_split(config, "test"))
+
+
+def _train_and_val(config: Config) -> Tuple[Any, Optional[Any]]:
     data = config.data
-    limit = data.train_limit if split == "train" else data.test_limit
-    return load_dataset(data.name, data.root, split, download=data.download, image_size=data.image_size,
-                        class_list=data.class_list, limit=limit)
-
-
-def load_splits(config: Config) -> Tuple[Any, Any]:
-    """``(train, test)`` data sets from ``config.data``, cut to ``train_limit`` / ``test_limit``."""
-    return load_split(config, "train"), load_split(config, "test")
+    train = load_dataset(data.name, data.root, "train", download=data.download, image_size=data.image_size,
+                         class_list=data.class_list)
+    val = None
+    if data.val_size is not None:
+        train_indices, val_indices = validation_split(train.labels, data.val_size, seed=VAL_SEED)
+        train, val = train.subset(train_indices), train.subset(val_indices)
+    if data.train_limit is not None:
+        train = train.subset(stratified_first(train.labels, data.train_limit))
+    return train, val
 
 
 def backbone_in_channels(backbone: nn.Module) -> int:
@@ -234,7 +268,8 @@ def probe_on_features(train_features: Features, test_features: Features, num_cla
 def linear_probe(
     backbone: nn.Module, train: Any, test: Any, *, epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
     weight_decay: float = 0.0, augment: bool = False, accelerator: Optional[Accelerator] = None, seed: int = 0,
-    feature_batch_size: int = 512, features: Optional[Tuple[Features, Features]] = None,
+    feature_batch_size: int = 512, features: Optional[Tuple[Features, Features]] = None, val: Any = None,
+    val_features: Optional[Features] = None,
 ) -> Dict[str, Any]:
     """Linear-probe accuracy of a frozen ``backbone``: train on ``train``, score top-1/top-5 (%) on ``test``.
 
@@ -242,26 +277,35 @@ def linear_probe(
         augment: recompute the training features every epoch through :class:`ProbeAugment` (random resized
             crop + flip at the stored image size) instead of caching them once.
         features: ``(train, test)`` features already extracted with the eval transform (shared with kNN).
+        val, val_features: a validation split (or its features) the same classifier is also scored on.
         seed: the classifier's initialization, batch order and augmentation draws.
 
     Returns:
         ``{"top1", "top5", "num_classes", "train_size", "test_size", "epochs", ...}``; ``top5`` is ``None``
-        with 5 classes or fewer.
+        with 5 classes or fewer; with a validation split also ``val_top1``, ``val_top5``.
     """
     extract = _extractor(backbone, accelerator, feature_batch_size)
     train_features, test_features = features or (None if augment else extract(train), extract(test))
+    if val is not None and val_features is None:
+        val_features = extract(val)
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)
     device = _device(backbone, accelerator)
     if augment:
         probe_augment = ProbeAugment(train.image_size, train.mean, train.std)
-        classifier = _fit(lambda epoch: extract(train, transform=probe_augment, seed=_mix(seed, epoch)),
-                          train.num_classes, device=device, **settings)
-        with torch.no_grad():
-            scores = classification_scores(classifier(test_features[0].to(device)), test_features[1].to(device))
+        epoch_data = lambda epoch: extract(train, transform=probe_augment, seed=_mix(seed, epoch))  # noqa: E731
     else:
-        scores = probe_on_features(train_features, test_features, train.num_classes, device=device, **settings)
+        epoch_data = lambda epoch: train_features  # noqa: E731
+    classifier = _fit(epoch_data, train.num_classes, device=device, **settings)
+    scores = _scores(classifier, test_features, device)
+    if val_features is not None:
+        scores.update({f"val_{key}": value for key, value in _scores(classifier, val_features, device).items()})
     return {**scores, "num_classes": train.num_classes, "train_size": len(train), "test_size": len(test),
             "augment": augment, **settings}
+
+
+@torch.no_grad()
+def _scores(classifier: nn.Module, features: Features, device: torch.device) -> Dict[str, Optional[float]]:
+    return classification_scores(classifier(features[0].to(device)), features[1].to(device))
 
 
 @torch.no_grad()
@@ -291,15 +335,25 @@ def knn_accuracy(backbone: nn.Module, train: Any, test: Any, k: int = 200, tempe
 
 
 def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: EvalConfig, *,
-                      accelerator: Optional[Accelerator] = None, seed: int = 0) -> Dict[str, Any]:
-    """The linear probe and kNN with the ``eval`` section of a config, extracting the features once."""
+                      accelerator: Optional[Accelerator] = None, seed: int = 0, val: Any = None) -> Dict[str, Any]:
+    """The linear probe and kNN with the ``eval`` section of a config, extracting the features once.
+
+    With a validation split ``val`` the same probe and kNN bank are also scored on it (``val_top1``,
+    ``val_top5``, ``val_knn_top1``): choose settings by those, report ``top1``/``knn_top1`` (test).
+    """
     extract = _extractor(backbone, accelerator, 512)
     features = extract(train), extract(test)
+    val_features = extract(val) if val is not None else None
     result = linear_probe(backbone, train, test, epochs=settings.probe_epochs, batch_size=settings.probe_batch_size,
                           lr=settings.probe_lr, weight_decay=settings.probe_weight_decay,
-                          augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features)
-    result["knn_top1"] = knn_on_features(*features, train.num_classes, k=settings.knn_k,
-                                         temperature=settings.knn_temperature, device=_device(backbone, accelerator))
+                          augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features,
+                          val_features=val_features)
+    knn = functools.partial(knn_on_features, features[0], num_classes=train.num_classes, k=settings.knn_k,
+                            temperature=settings.knn_temperature, device=_device(backbone, accelerator))
+    result["knn_top1"] = knn(features[1])
+    if val_features is not None:
+        result["val_knn_top1"] = knn(val_features)
+        result["val_size"] = len(val)
     return {**result, "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature}
 
 

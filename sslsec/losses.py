@@ -26,6 +26,22 @@ from lightly.loss import NTXentLoss
 from torch import Tensor, nn
 
 
+SEC_SCHEDULES = ("constant", "linear")
+
+
+def scheduled_weight(weight: float, schedule: str, step: int, total_steps: int) -> float:
+    """The regulariser weight in force at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    ``constant``: ``weight`` at every step. ``linear``: the ramp of the SEC authors' SimCLR code, 0 at the
+    first step and ``weight`` at the last, ``weight * step / (total_steps - 1)``.
+    """
+    if schedule == "constant":
+        return float(weight)
+    if schedule == "linear":
+        return float(weight) * min(max(step, 0), total_steps - 1) / max(total_steps - 1, 1)
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SEC_SCHEDULES)}")
+
+
 class NonFiniteError(ValueError):
     """Embeddings hold NaN or Inf (a diverged model, or bad input)."""
 
@@ -153,7 +169,10 @@ class SECLossOutput(NamedTuple):
 class SECInfoNCE(nn.Module):
     """InfoNCE / NT-Xent on normalized projections, plus SEC on their norms.
 
-    ``total = contrastive + sec_weight * sec + norm_penalty_weight * penalty``
+    ``total = contrastive + weight_scale * (sec_weight * sec + norm_penalty_weight * penalty)``
+
+    ``weight_scale`` (default 1) is the schedule's factor for the step; a trainer sets it before each
+    step (``scheduled_weight(1.0, "linear", step, total_steps)`` for the authors' linear ramp).
 
     The contrastive part is lightly's :class:`~lightly.loss.NTXentLoss` with the same
     ``temperature``, ``memory_bank_size`` and ``gather_distributed`` (SimCLR: in-batch
@@ -200,6 +219,7 @@ class SECInfoNCE(nn.Module):
             gather_distributed=gather_distributed,
         )
         self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
+        self.weight_scale = 1.0
 
     def forward(self, z0: Tensor, z1: Tensor) -> SECLossOutput:
         _check_embeddings(z0, "z0")
@@ -216,9 +236,9 @@ class SECInfoNCE(nn.Module):
         sec = self.sec.penalty(norms, norm_mean)
         total = contrastive
         if self.sec_weight > 0:
-            total = total + self.sec_weight * sec
+            total = total + self.weight_scale * self.sec_weight * sec
         if self.norm_penalty_weight > 0:
-            total = total + self.norm_penalty_weight * norms.square().mean()
+            total = total + self.weight_scale * self.norm_penalty_weight * norms.square().mean()
         return SECLossOutput(total, contrastive.detach(), sec.detach(), norm_mean, norm_std)
 
     # lightly keeps its queue in non-persistent buffers; checkpoint it here so that a

@@ -31,13 +31,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from safetensors.torch import load_file, save_file
 
-from sslsec.config import Config, ConfigError, load_config, to_dict
+from sslsec.config import Config, ConfigError, LossConfig, load_config, to_dict
 from sslsec.diagnostics import _figure_class, load_projection_head, projection_samples, summarize
 from sslsec.distributed import make_accelerator
 from sslsec.evaluate import evaluate_backbone, load_saved_backbone, load_splits
 from sslsec.train import build_augment, pretrain
 
-VARIANTS = ("none", "sec", "sec_ema", "l2")
+VARIANTS = ("none", "sec", "sec_constant", "sec_linear", "sec_paper", "sec_ema", "l2")
+DEFAULT_VARIANTS = ("none", "sec", "sec_ema", "l2")
+DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
+DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
+PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07
 ROW_FILE, NORMS_FILE = "study_row.json", "projection_norms.safetensors"
 # Keys a finished or interrupted run may differ in: where it lives, how it was started and when it stops early
 # do not change the recipe (the schedule follows trainer.epochs); eval.* only changes the evaluation, redone.
@@ -48,21 +52,51 @@ class StudyError(ConfigError):
     """A study that cannot run as asked: an unknown variant, or a run directory trained with other settings."""
 
 
-def variant_overrides(name: str, sec_weight: float = 1.0, sec_momentum: float = 0.1,
-                      l2_weight: float = 0.01) -> List[str]:
-    """The ``key=value`` loss settings of variant ``name``; every loss key is set, so the base config cannot leak in."""
-    settings = {"none": (0.0, None, 0.0), "sec": (sec_weight, None, 0.0), "sec_ema": (sec_weight, sec_momentum, 0.0),
-                "l2": (0.0, None, l2_weight)}
+def paper_sec_weight(temperature: float, eta: float = 1.0) -> float:
+    """The SEC authors' weight ``eta`` in sslsec's units: their contrastive loss is NT-Xent x T / 0.07, so
+    ``eta`` against it is ``eta * 0.07 / T`` against plain NT-Xent (0.14 for eta = 1 at T = 0.5)."""
+    return eta * PAPER_CONTRASTIVE_SCALE / temperature
+
+
+def variant_overrides(name: str, loss: LossConfig, *, sec_weight: Optional[float] = None,
+                      sec_momentum: Optional[float] = None, l2_weight: Optional[float] = None) -> List[str]:
+    """The ``key=value`` loss settings of variant ``name`` on top of the base config's ``loss`` section.
+
+    Weights and schedule come from ``loss``; ``sec_weight``, ``sec_momentum`` and ``l2_weight`` override them.
+    Every loss key is set, so nothing of the base config leaks into a variant it does not belong to:
+
+    - ``none``: plain InfoNCE; ``sec``: SEC at the config's weight and schedule (batch-mean radius);
+    - ``sec_constant`` / ``sec_linear``: ``sec`` with the schedule forced;
+    - ``sec_paper``: the authors' recipe, their eta = 1 in sslsec's units (:func:`paper_sec_weight`), linear;
+    - ``sec_ema``: ``sec`` with the EMA radius (``loss.sec_momentum``, else 0.1);
+    - ``l2``: the L2 penalty at ``loss.norm_penalty_weight`` (else 0.01) and the config's schedule.
+    """
+    weight = loss.sec_weight if sec_weight is None else sec_weight
+    momentum = sec_momentum if sec_momentum is not None else loss.sec_momentum or DEFAULT_SEC_MOMENTUM
+    l2 = l2_weight if l2_weight is not None else loss.norm_penalty_weight or DEFAULT_L2_WEIGHT
+    schedule = loss.sec_schedule
+    settings = {  # (sec_weight, sec_schedule, sec_momentum, norm_penalty_weight)
+        "none": (0.0, schedule, None, 0.0),
+        "sec": (weight, schedule, None, 0.0),
+        "sec_constant": (weight, "constant", None, 0.0),
+        "sec_linear": (weight, "linear", None, 0.0),
+        "sec_paper": (paper_sec_weight(loss.temperature), "linear", None, 0.0),
+        "sec_ema": (weight, schedule, momentum, 0.0),
+        "l2": (0.0, schedule, None, l2),
+    }
     if name not in settings:
         raise StudyError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
-    weight, momentum, penalty = settings[name]
-    return [f"loss.sec_weight={weight}", f"loss.sec_momentum={'null' if momentum is None else momentum}",
-            f"loss.norm_penalty_weight={penalty}"]
+    weight, schedule, momentum, penalty = settings[name]
+    if name.startswith("sec") and weight == 0:
+        raise StudyError(f"variant {name} needs an SEC weight: the config has loss.sec_weight=0; set it or pass "
+                         "--sec-weight")
+    return [f"loss.sec_weight={weight}", f"loss.sec_schedule={schedule}",
+            f"loss.sec_momentum={'null' if momentum is None else momentum}", f"loss.norm_penalty_weight={penalty}"]
 
 
 def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], seeds: int,
-              overrides: Sequence[str] = (), *, sec_weight: float = 1.0, sec_momentum: float = 0.1,
-              l2_weight: float = 0.01, diagnostics_n: int = 1024,
+              overrides: Sequence[str] = (), *, sec_weight: Optional[float] = None,
+              sec_momentum: Optional[float] = None, l2_weight: Optional[float] = None, diagnostics_n: int = 1024,
               log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into output_dir.
 
@@ -76,10 +110,12 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
     if not variants or seeds < 1 or diagnostics_n < 2:
         raise StudyError(f"a study needs at least one variant, seeds >= 1 and diagnostics_n >= 2; got variants="
                          f"{variants}, seeds={seeds}, diagnostics_n={diagnostics_n}")
-    output_dir = Path(load_config(config_path, overrides).output_dir)
+    base = load_config(config_path, overrides)
+    output_dir = Path(base.output_dir)
+    weights = dict(sec_weight=sec_weight, sec_momentum=sec_momentum, l2_weight=l2_weight)
     configs = {  # all built (and validated) before any work
         (variant, seed): load_config(config_path, [
-            *overrides, *variant_overrides(variant, sec_weight, sec_momentum, l2_weight), f"trainer.seed={seed}",
+            *overrides, *variant_overrides(variant, base.loss, **weights), f"trainer.seed={seed}",
             f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=true"])
         for variant in variants for seed in range(seeds)}
     for config in configs.values():
@@ -153,8 +189,9 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
     if not (run_dir / "backbone.safetensors").is_file():  # trainer.max_steps stopped it early
         raise StudyError(f"{run_dir} stopped before its last epoch (trainer.max_steps); drop max_steps to finish it")
     backbone = load_saved_backbone(run_dir / "backbone.safetensors")
-    train, test = load_splits(config)
-    probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed)
+    train, val, test = load_splits(config)
+    probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
+                              val=val)
     if accelerator.is_main_process:
         head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
         samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),
@@ -162,9 +199,10 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
         norms = summarize(samples)
         save_file({"norms": samples["norms"].contiguous()}, str(run_dir / NORMS_FILE))
         row = {"variant": variant, "seed": config.trainer.seed, "run_dir": str(run_dir), "method": config.method,
-               "dataset": test.name, "sec_weight": config.loss.sec_weight, "sec_momentum": config.loss.sec_momentum,
-               "norm_penalty_weight": config.loss.norm_penalty_weight,
+               "dataset": test.name, "sec_weight": config.loss.sec_weight, "sec_schedule": config.loss.sec_schedule,
+               "sec_momentum": config.loss.sec_momentum, "norm_penalty_weight": config.loss.norm_penalty_weight,
                "linear_top1": probe["top1"], "linear_top5": probe["top5"], "knn_top1": probe["knn_top1"],
+               "val_linear_top1": probe.get("val_top1"), "val_knn_top1": probe.get("val_knn_top1"),
                "norm_mean": norms["norm_mean"], "norm_std": norms["norm_std"],
                "norm_std_over_mean": norms["norm_std_over_mean"], "knn_per_epoch": knn_per_epoch(run_dir),
                "seconds": time.perf_counter() - start, "eval": dataclasses.asdict(config.eval)}
@@ -185,17 +223,24 @@ def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
 
 
 def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
-    """Markdown: per variant, linear and kNN top-1 (%) and the projections' norm std/mean as mean ± std over
-    seeds (sample std; a single seed shows the value alone), then the kNN top-1 per epoch, mean over seeds."""
+    """Markdown: per variant, its loss settings, validation and test linear / kNN top-1 (%) and the projections'
+    norm std/mean as mean ± std over seeds (sample std; a single seed shows the value alone), then the kNN top-1
+    per epoch (the monitor's split), mean over seeds."""
     groups = _by_variant(rows)
     first = rows[0]
-    lines = [f"SEC study: {first['method']} on {first['dataset']}; linear probe and kNN on the test split, "
-             "norm std/mean of the projections before normalization.", "",
-             "| variant | seeds | linear top-1 (%) | kNN top-1 (%) | norm std/mean |", "|---|---:|---:|---:|---:|"]
+    has_val = all(row.get("val_linear_top1") is not None for row in rows)
+    metrics = [("linear_top1", "test linear", 2), ("knn_top1", "test kNN", 2), ("norm_std_over_mean", "norm std/mean", 3)]
+    if has_val:
+        metrics = [("val_linear_top1", "val linear", 2), ("val_knn_top1", "val kNN", 2), *metrics]
+    lines = [f"SEC study: {first['method']} on {first['dataset']}; top-1 (%) of the linear probe and kNN"
+             + (" on the validation split (choose by these) and the test split" if has_val else " on the test split")
+             + ", norm std/mean of the projections before normalization.", "",
+             "| variant | SEC weight | schedule | seeds | " + " | ".join(title for _, title, _ in metrics) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(metrics)]
     for variant, group in groups.items():
-        cells = [_mean_std([row[key] for row in group], digits)
-                 for key, digits in (("linear_top1", 2), ("knn_top1", 2), ("norm_std_over_mean", 3))]
-        lines.append(f"| {variant} | {len(group)} | {' | '.join(cells)} |")
+        cells = [_mean_std([row[key] for row in group], digits) for key, _, digits in metrics]
+        lines.append(f"| {variant} | {_weight_cell(group[0])} | {group[0].get('sec_schedule', 'constant')} | "
+                     f"{len(group)} | {' | '.join(cells)} |")
     curves = {variant: _knn_curve(group) for variant, group in groups.items()}
     lines += ["", "kNN top-1 (%) during pretraining, mean over seeds:", "",
               f"| epoch | {' | '.join(groups)} |", "|---:|" + "---:|" * len(groups)]
@@ -203,6 +248,13 @@ def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
         cells = [f"{statistics.fmean(curve[epoch]):.2f}" if epoch in curve else "" for curve in curves.values()]
         lines.append(f"| {epoch} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _weight_cell(row: Dict[str, Any]) -> str:
+    if row.get("norm_penalty_weight"):
+        return f"L2 {row['norm_penalty_weight']:g}"
+    ema = f", EMA {row['sec_momentum']:g}" if row.get("sec_momentum") is not None else ""
+    return f"{row['sec_weight']:g}{ema}"
 
 
 def _by_variant(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:

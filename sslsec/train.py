@@ -35,7 +35,7 @@ from sslsec.config import Config, ConfigError, save_config
 from sslsec.data import BatchLoader
 from sslsec.distributed import make_accelerator
 from sslsec.evaluate import knn_accuracy, load_splits
-from sslsec.losses import NonFiniteError
+from sslsec.losses import NonFiniteError, scheduled_weight
 from sslsec.methods import build_method, moco_momentum
 from sslsec.models import save_backbone, save_module
 
@@ -53,12 +53,14 @@ class Progress:
     epoch: int = 0  # current epoch
     batch: int = 0  # micro-batches of the current epoch already consumed
     step: int = 0  # optimizer steps taken
+    seconds: float = 0.0  # wall-clock training time before this process started (earlier invocations)
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> Dict[str, float]:
         return dataclasses.asdict(self)
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: Dict[str, float]) -> None:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.seconds = state.get("seconds", 0.0)
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -76,9 +78,12 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
 
 
 def build_augment(config: Config, dataset, **kwargs) -> nn.Module:
-    """The method's view recipe (SimCLR or MoCo v2) at ``data.crop_size`` for ``dataset``."""
+    """The method's view preset (SimCLR or MoCo v2) with the ``augment`` section, at ``data.crop_size``."""
     size = config.data.crop_size or dataset.image_size
-    return PRESETS[config.method](size, dataset.mean, dataset.std, **kwargs)
+    recipe = dataclasses.asdict(config.augment)
+    if recipe["crop_scale"] is None:
+        del recipe["crop_scale"]  # the method's published crop scale
+    return PRESETS[config.method](size, dataset.mean, dataset.std, **recipe, **kwargs)
 
 
 def _micro_batch(config: Config, num_processes: int) -> int:
@@ -153,12 +158,17 @@ def _resume_path(config: Config, checkpoints: Checkpoints) -> Optional[Path]:
 class MetricsLog:
     """Averages step metrics over a window and writes them to metrics.jsonl and the trackers."""
 
-    def __init__(self, accelerator: Accelerator, path: Path) -> None:
+    def __init__(self, accelerator: Accelerator, path: Path, seconds_before: float = 0.0) -> None:
         self.accelerator, self.path = accelerator, path
         self.sums: Dict[str, torch.Tensor] = {}
         self.count = 0
         self.images = 0
+        self.run_started = time.perf_counter() - seconds_before
         self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training so far, earlier invocations of a resumed run included."""
+        return time.perf_counter() - self.run_started
 
     def add(self, values: Dict[str, torch.Tensor], images: int) -> None:
         for key, value in values.items():
@@ -166,13 +176,14 @@ class MetricsLog:
         self.count += 1
         self.images += images
 
-    def flush(self, step: int, epoch: int, lr: float) -> Dict[str, float]:
-        """Reduce the window over processes and write it; returns the logged row."""
+    def flush(self, step: int, epoch: int, **values: float) -> Dict[str, float]:
+        """Reduce the window over processes and write it with ``values`` (lr, ...); returns the logged row."""
         keys = sorted(self.sums)
         means = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
         means = self.accelerator.reduce(means, reduction="mean")
         elapsed = time.perf_counter() - self.started
-        row = {"step": step, "epoch": epoch, **dict(zip(keys, means.tolist())), "lr": lr,
+        row = {"step": step, "epoch": epoch, **dict(zip(keys, means.tolist())), **values,
+               "time": round(self.elapsed(), 3),
                "images_per_s": self.images * self.accelerator.num_processes / max(elapsed, 1e-9)}
         self.write(row, step)
         self.sums, self.count, self.images, self.started = {}, 0, 0, time.perf_counter()
@@ -203,9 +214,12 @@ def pretrain(config: Config) -> Path:
     checkpoints = Checkpoints(accelerator, output_dir)
     resume_from = _resume_path(config, checkpoints)
 
-    train, test = load_splits(config)
+    train, val, test = load_splits(config)
+    monitor = val if val is not None else test  # the kNN monitor never looks at the test split when there is val
     set_seed(config.trainer.seed)  # the same initial weights on every process
     model = build_method(config, train.channels, distributed=accelerator.num_processes > 1)
+    if config.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     set_seed(config.trainer.seed, device_specific=True)  # different views on every process
     optimizer = build_optimizer(model, config)
     loader = BatchLoader(
@@ -229,7 +243,8 @@ def pretrain(config: Config) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
-    views = MultiView(build_augment(config, train))
+    views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last))
+    forward = torch.compile(model) if config.trainer.compile else model
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +253,7 @@ def pretrain(config: Config) -> Path:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} at epoch {progress.epoch}, step {progress.step}")
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight})
-    log = MetricsLog(accelerator, output_dir / "metrics.jsonl")
+    log = MetricsLog(accelerator, output_dir / "metrics.jsonl", seconds_before=progress.seconds)
     core = accelerator.unwrap_model(model)
     bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -251,8 +266,9 @@ def pretrain(config: Config) -> Path:
                 break
             if config.method == "moco" and progress.batch % accumulation == 0:
                 core.update_momentum_encoder(moco_momentum(config, progress.step, total_steps))
+            core.criterion.weight_scale = scheduled_weight(1.0, config.loss.sec_schedule, progress.step, total_steps)
             with accelerator.accumulate(model):
-                out = _train_step(accelerator, model, optimizer, views(images), progress, checkpoints)
+                out = _train_step(accelerator, forward, optimizer, views(images), progress, checkpoints)
             progress.batch += 1
             log.add(out._asdict(), len(images))
             if accelerator.sync_gradients:
@@ -260,16 +276,18 @@ def pretrain(config: Config) -> Path:
                 progress.step += 1
                 bar.update(1)
                 if progress.step % config.trainer.log_every == 0:
-                    row = log.flush(progress.step, progress.epoch + 1, scheduler.get_last_lr()[0])
+                    row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
+                                    sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
                     bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                 if config.trainer.max_steps and progress.step >= config.trainer.max_steps:
+                    progress.seconds = log.elapsed()
                     checkpoints.save(progress.step)
                     bar.close()
                     accelerator.print(f"stopped at trainer.max_steps={config.trainer.max_steps}")
                     _finish_trackers(accelerator)
                     return output_dir
         progress.epoch, progress.batch = progress.epoch + 1, 0
-        _end_of_epoch(config, accelerator, core, train, test, progress, checkpoints, log)
+        _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
 
     bar.close()
     _save_final(accelerator, core, config, train.channels, output_dir)
@@ -299,16 +317,19 @@ def _train_step(accelerator, model, optimizer, views, progress, checkpoints):
     return out
 
 
-def _end_of_epoch(config, accelerator, core, train, test, progress, checkpoints, log) -> None:
+def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log) -> None:
+    """kNN monitor on ``monitor`` (the validation split when there is one) and the epoch's checkpoint."""
     epoch, last = progress.epoch, progress.epoch == config.trainer.epochs
     if config.trainer.eval_every and (epoch % config.trainer.eval_every == 0 or last):
         top1 = knn_accuracy(
-            core.backbone, train, test, k=config.eval.knn_k,
+            core.backbone, train, monitor, k=config.eval.knn_k,
             temperature=config.eval.knn_temperature, accelerator=accelerator,
         )
-        log.write({"step": progress.step, "epoch": epoch, "knn_top1": top1}, progress.step)
-        accelerator.print(f"epoch {epoch}: kNN top-1 {top1:.2f}%")
+        split = "val" if config.data.val_size is not None else "test"
+        log.write({"step": progress.step, "epoch": epoch, "knn_top1": top1, "knn_split": split}, progress.step)
+        accelerator.print(f"epoch {epoch}: kNN top-1 {top1:.2f}% ({split})")
     if last or (config.trainer.checkpoint_every and epoch % config.trainer.checkpoint_every == 0):
+        progress.seconds = log.elapsed()
         checkpoints.save(progress.step)
 
 

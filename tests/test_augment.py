@@ -99,6 +99,30 @@ def test_crop_area_and_aspect_stay_in_the_recipe_range(preset, scale):
     assert aspect.min() > 0.75 * 0.95 and aspect.max() < 4 / 3 * 1.05
 
 
+def test_augment_config_keys_reach_kornia():
+    from types import SimpleNamespace
+
+    from sslsec.config import load_config
+    from sslsec.train import build_augment
+
+    size = 64  # the coordinate image of the crop test above: view corners reveal the crop box
+    coordinate = torch.arange(size, dtype=torch.uint8) * 4
+    image = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    image[0, 0], image[0, 1] = coordinate[None, :], coordinate[:, None]
+
+    def crop_areas(*overrides):
+        only_crop = [f"augment.{key}=0" for key in ONLY_CROP]
+        config = load_config(None, ["method=moco", *only_crop, *overrides])
+        augment = build_augment(config, SimpleNamespace(image_size=16, **IDENTITY))
+        views = augment(image.expand(500, -1, -1, -1), seed=0) * 255 / 4
+        width = views[:, 0, 0, -1] - views[:, 0, 0, 0] + 1
+        height = views[:, 1, -1, 0] - views[:, 1, 0, 0] + 1
+        return width * height / size**2
+
+    assert crop_areas("augment.crop_scale=[0.9, 1.0]").min() >= 0.9 - 0.03  # corners round to the 4-px grid
+    assert crop_areas().min() < 0.3  # unset: MoCo v2's published scale (0.2, 1)
+
+
 def test_grayscale_data_works_and_jitter_changes_only_intensity():
     images = random_images(32, channels=1, size=28)
     views = MultiView(SimCLRAugment(28, (0.286,), (0.353,)))(images)

@@ -189,3 +189,25 @@ def test_distributed_mu_and_loss_equal_the_single_process_values():
         assert mu == pytest.approx(float(single.sec.mu), rel=1e-6)
         assert total == pytest.approx(float(out.total.detach()), rel=1e-5)
         assert norm_std == pytest.approx(float(out.norm_std), rel=1e-5)
+
+
+def test_scheduled_weight_is_constant_or_a_linear_ramp_from_zero_to_the_weight():
+    from sslsec.losses import scheduled_weight
+
+    assert [scheduled_weight(0.14, "constant", step, 5) for step in range(5)] == [0.14] * 5
+    ramp = [scheduled_weight(0.14, "linear", step, 5) for step in range(5)]
+    assert ramp == pytest.approx([0.0, 0.035, 0.07, 0.105, 0.14])
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        scheduled_weight(1.0, "cosine", 0, 5)
+
+
+def test_weight_scale_scales_sec_and_the_norm_penalty():
+    z0, z1 = torch.randn(16, 8) * 3, torch.randn(16, 8)
+    loss_fn = SECInfoNCE(temperature=0.5, sec_weight=0.8, norm_penalty_weight=0.1)
+    full = loss_fn(z0, z1)
+    loss_fn.weight_scale = 0.25
+    scaled = loss_fn(z0, z1)
+    regulariser = full.total - full.contrastive
+    assert scaled.total - scaled.contrastive == pytest.approx(0.25 * regulariser.item(), rel=1e-5)
+    loss_fn.weight_scale = 0.0
+    assert loss_fn(z0, z1).total == pytest.approx(full.contrastive.item())

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from sslsec.cli import study_main
 from sslsec.config import load_config
-from sslsec.study import NORMS_FILE, StudyError, run_study, summarize_study, variant_overrides
+from sslsec.config import LossConfig
+from sslsec.study import NORMS_FILE, StudyError, paper_sec_weight, run_study, summarize_study, variant_overrides
 from sslsec.train import pretrain
 
 ROOT = Path(__file__).parents[1]
@@ -50,12 +51,32 @@ def _knn_rows(run_dir):
     return [[r["epoch"], r["knn_top1"]] for r in rows if "knn_top1" in r]
 
 
-def test_variants_set_every_loss_key_over_the_base_config():
-    base = ["loss.sec_weight=3", "loss.sec_momentum=0.5", "loss.norm_penalty_weight=2"]
-    expected = {"none": (0.0, None, 0.0), "sec": (0.7, None, 0.0), "sec_ema": (0.7, 0.2, 0.0), "l2": (0.0, None, 0.03)}
-    for name, settings in expected.items():
-        loss = load_config(None, [*base, *variant_overrides(name, sec_weight=0.7, sec_momentum=0.2, l2_weight=0.03)]).loss
-        assert (loss.sec_weight, loss.sec_momentum, loss.norm_penalty_weight) == settings, name
+def test_variants_take_weights_and_schedule_from_the_config_and_flags_override_them():
+    base = ["loss.sec_weight=3", "loss.sec_momentum=0.5", "loss.norm_penalty_weight=2", "loss.sec_schedule=linear",
+            "loss.temperature=0.2"]
+    loss = load_config(None, base).loss
+    from_config = {"none": (0.0, "linear", None, 0.0), "sec": (3.0, "linear", None, 0.0),
+                   "sec_constant": (3.0, "constant", None, 0.0), "sec_linear": (3.0, "linear", None, 0.0),
+                   "sec_paper": (0.35, "linear", None, 0.0), "sec_ema": (3.0, "linear", 0.5, 0.0),
+                   "l2": (0.0, "linear", None, 2.0)}
+    flagged = {"sec": (0.7, "linear", None, 0.0), "sec_ema": (0.7, "linear", 0.2, 0.0), "l2": (0.0, "linear", None, 0.03)}
+    for name, expected in from_config.items():
+        got = load_config(None, [*base, *variant_overrides(name, loss)]).loss
+        assert (got.sec_weight, got.sec_schedule, got.sec_momentum, got.norm_penalty_weight) == pytest.approx(expected)
+    for name, expected in flagged.items():
+        got = load_config(None, [*base, *variant_overrides(name, loss, sec_weight=0.7, sec_momentum=0.2,
+                                                           l2_weight=0.03)]).loss
+        assert (got.sec_weight, got.sec_schedule, got.sec_momentum, got.norm_penalty_weight) == pytest.approx(expected)
+
+
+def test_the_paper_weight_converts_the_authors_loss_scale():
+    assert paper_sec_weight(0.5) == pytest.approx(0.14)  # their eta = 1 against NT-Xent x T / 0.07
+    assert paper_sec_weight(0.07, eta=2.0) == pytest.approx(2.0)
+
+
+def test_sec_variants_without_a_weight_are_refused():
+    with pytest.raises(StudyError, match="needs an SEC weight"):
+        variant_overrides("sec", LossConfig(sec_weight=0.0))
 
 
 def test_study_writes_the_table_json_and_plots(study):
@@ -77,7 +98,7 @@ def test_study_writes_the_table_json_and_plots(study):
 
     table = (output_dir / "study.md").read_text()
     assert table in printed
-    assert f"| sec | 1 | {rows[0]['linear_top1']:.2f} | {rows[0]['knn_top1']:.2f} |" in table
+    assert f"| sec | 0.5 | constant | 1 | {rows[0]['linear_top1']:.2f} | {rows[0]['knn_top1']:.2f} |" in table
     assert "| epoch | sec | l2 |" in table and f"| 2 | {rows[0]['knn_per_epoch'][1][1]:.2f} |" in table
     for name in ("study_knn.png", "study_norms.png"):
         assert (output_dir / name).read_bytes()[:8] == PNG
@@ -97,7 +118,7 @@ def test_a_second_invocation_reuses_the_finished_runs(npz_root, study):
 
 def test_an_interrupted_run_is_resumed_and_other_settings_are_refused(npz_root, tmp_path):
     run_dir = tmp_path / "none_seed0"
-    interrupted = [*_overrides(npz_root, run_dir), *variant_overrides("none"), "trainer.seed=0", "trainer.max_steps=3"]
+    interrupted = [*_overrides(npz_root, run_dir), *variant_overrides("none", LossConfig()), "trainer.seed=0", "trainer.max_steps=3"]
     pretrain(load_config(None, interrupted))
     assert not (run_dir / "backbone.safetensors").exists()
 
@@ -118,13 +139,13 @@ def test_an_interrupted_run_is_resumed_and_other_settings_are_refused(npz_root, 
 
 
 def test_an_unknown_variant_is_one_clear_error_before_any_work(npz_root, tmp_path, capsys):
-    with pytest.raises(StudyError, match="unknown variant 'sec_emma'; valid variants: none, sec, sec_ema, l2"):
+    with pytest.raises(StudyError, match="unknown variant 'sec_emma'; valid variants: none, sec, sec_constant"):
         run_study(None, ["none", "sec_emma"], 1, _overrides(npz_root, tmp_path / "study"))
     with pytest.raises(SystemExit) as exit_info:
         study_main(["--variants", "none,bogus", *_overrides(npz_root, tmp_path / "study")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert "sslsec-study: error: unknown variant 'bogus'; valid variants: none, sec, sec_ema, l2" in err
+    assert "sslsec-study: error: unknown variant 'bogus'; valid variants: none, sec, sec_constant" in err
     assert not (tmp_path / "study").exists()
 
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "--variants", "L2",
@@ -133,15 +154,18 @@ def test_an_unknown_variant_is_one_clear_error_before_any_work(npz_root, tmp_pat
 
 
 def test_summary_shows_mean_and_sample_std_over_seeds():
-    def row(variant, seed, linear, knn, spread, curve):
+    def row(variant, seed, linear, knn, spread, curve, weight=0.0):
         return {"variant": variant, "seed": seed, "method": "simclr", "dataset": "npz", "linear_top1": linear,
-                "knn_top1": knn, "norm_std_over_mean": spread, "knn_per_epoch": curve}
+                "knn_top1": knn, "norm_std_over_mean": spread, "knn_per_epoch": curve, "sec_weight": weight,
+                "sec_schedule": "linear", "sec_momentum": None, "norm_penalty_weight": 0.0,
+                "val_linear_top1": linear - 1, "val_knn_top1": knn - 2}
 
     table = summarize_study([row("none", 0, 80.0, 70.0, 0.30, [[1, 50.0], [2, 60.0]]),
                              row("none", 1, 82.0, 74.0, 0.20, [[1, 54.0], [2, 62.0]]),
-                             row("sec", 0, 85.0, 75.0, 0.05, [[2, 66.0]])])
-    assert "| none | 2 | 81.00 ± 1.41 | 72.00 ± 2.83 | 0.250 ± 0.071 |" in table
-    assert "| sec | 1 | 85.00 | 75.00 | 0.050 |" in table
+                             row("sec", 0, 85.0, 75.0, 0.05, [[2, 66.0]], weight=0.14)])
+    assert "| variant | SEC weight | schedule | seeds | val linear | val kNN | test linear | test kNN |" in table
+    assert "| none | 0 | linear | 2 | 80.00 ± 1.41 | 70.00 ± 2.83 | 81.00 ± 1.41 | 72.00 ± 2.83 | 0.250 ± 0.071 |" in table
+    assert "| sec | 0.14 | linear | 1 | 84.00 | 73.00 | 85.00 | 75.00 | 0.050 |" in table
     assert "| 1 | 52.00 |  |" in table and "| 2 | 61.00 | 66.00 |" in table
 
 
@@ -150,7 +174,8 @@ def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "scripts" / "study.py"),
-         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", *_overrides(npz_root, tmp_path)],
+         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", "--sec-weight", "1.0",
+         *_overrides(npz_root, tmp_path)],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert process.returncode == 0, process.stderr[-3000:]
     [row] = json.loads((tmp_path / "study.json").read_text())

@@ -65,6 +65,26 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(npz_root, tmp_pa
     assert (last_straight["step"], last_straight["total"]) == (last_resumed["step"], last_resumed["total"])
 
 
+def test_linear_sec_schedule_is_logged_per_step_and_exact_across_a_resume(npz_root, tmp_path):
+    extra = ["trainer.eval_every=0", "loss.sec_weight=0.7", "loss.sec_schedule=linear", "loss.norm_penalty_weight=0.1"]
+    straight = pretrain(load_config(None, _overrides(npz_root, tmp_path / "straight", *extra)))
+    interrupted = tmp_path / "interrupted"
+    pretrain(load_config(None, _overrides(npz_root, interrupted, *extra, "trainer.max_steps=3")))
+    pretrain(load_config(None, _overrides(npz_root, interrupted, *extra, "resume=true")))
+
+    rows = _metrics(straight)[0]
+    total = len(rows)  # log_every=1: one row per step; row n holds step n - 1 (0-based) of 8
+    assert total == 8
+    assert [r["sec_weight"] for r in rows] == pytest.approx([0.7 * (r["step"] - 1) / (total - 1) for r in rows])
+    assert rows[0]["sec_weight"] == 0 and rows[-1]["sec_weight"] == pytest.approx(0.7)
+    times = [r["time"] for r in rows]
+    assert times == sorted(times) and all(r["images_per_s"] > 0 for r in rows)
+    resumed = _metrics(interrupted)[0]
+    assert [r["sec_weight"] for r in resumed[-5:]] == pytest.approx([r["sec_weight"] for r in rows[-5:]])
+    expected, got = load_file(straight / "backbone.safetensors"), load_file(interrupted / "backbone.safetensors")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
 def test_a_finished_run_is_not_overwritten_without_resume(npz_root, tmp_path):
     config = load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.max_steps=1"))
     pretrain(config)
