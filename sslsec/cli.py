@@ -111,7 +111,9 @@ def _print_probe(result: dict, path: Path) -> None:
     if "val_top1" in result:
         print(f"  validation ({result['val_size']} training images held out):  linear top-1 "
               f"{result['val_top1']:6.2f} %   kNN top-1 {result['val_knn_top1']:6.2f} %")
-    print(f"  linear top-1  {result['top1']:6.2f} %")
+    best = (f"   (best epoch {result['best_epoch']}: {result['best_top1']:.2f} %, the published protocol's figure)"
+            if result.get("schedule") == "step" else "")
+    print(f"  linear top-1  {result['top1']:6.2f} %{best}")
     print(f"  linear top-5  {top5}")
     print(f"  kNN top-1     {result['knn_top1']:6.2f} %   (k={result['knn_k']}, T={result['knn_temperature']})")
     print(f"wrote {path}  ({result['seconds']:.1f} s)")

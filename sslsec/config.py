@@ -121,6 +121,8 @@ class EvalConfig:
     probe_lr: float = 0.1
     probe_weight_decay: float = 0.0
     probe_augment: bool = False  # random-crop + flip protocol instead of cached features
+    probe_schedule: str = "cosine"  # or "step": x0.2 at 60/75/90 % of the epochs (the SEC authors' protocol)
+    probe_standardize: bool = True  # False: a plain linear layer on raw features (published protocols, lr ~5)
 
 
 @dataclass
@@ -268,6 +270,7 @@ def validate(config: Config) -> None:
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
     _choice("loss.sec_schedule", config.loss.sec_schedule, SEC_SCHEDULES)
+    _choice("eval.probe_schedule", config.eval.probe_schedule, ("cosine", "step"))
     _check_augment(config.augment)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",

@@ -210,24 +210,46 @@ class LinearClassifier(nn.Module):
         return self.linear((features - self.mean) / self.std)
 
 
+PROBE_SCHEDULES = ("cosine", "step")
+# The linear protocol of the SEC authors' SimCLR code (from SupCon): lr x 0.2 at 60 %, 75 % and 90 % of the epochs.
+STEP_MILESTONES, STEP_GAMMA = (0.6, 0.75, 0.9), 0.2
+
+
 def fit_linear_classifier(
     features: Tensor, labels: Tensor, num_classes: int, *, epochs: int = 100, batch_size: int = 256,
-    lr: float = 0.1, weight_decay: float = 0.0, seed: int = 0,
+    lr: float = 0.1, weight_decay: float = 0.0, seed: int = 0, schedule: str = "cosine", standardize: bool = True,
 ) -> LinearClassifier:
     """Train a :class:`LinearClassifier` on cached ``features`` ``(N, F)`` and ``labels`` ``(N,)``, on their device."""
     return _fit(lambda epoch: (features, labels), num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
-                weight_decay=weight_decay, seed=seed, device=features.device)
+                weight_decay=weight_decay, seed=seed, device=features.device, schedule=schedule,
+                standardize=standardize)
 
 
 def _fit(epoch_data: Callable[[int], Features], num_classes: int, *, epochs: int, batch_size: int, lr: float,
-         weight_decay: float, seed: int, device: torch.device) -> LinearClassifier:
-    """SGD (momentum 0.9) with a per-step cosine schedule; ``epoch_data(epoch)`` gives that epoch's features."""
+         weight_decay: float, seed: int, device: torch.device, schedule: str = "cosine", standardize: bool = True,
+         on_epoch: Optional[Callable[[LinearClassifier], None]] = None) -> LinearClassifier:
+    """SGD (momentum 0.9); ``epoch_data(epoch)`` gives that epoch's features; ``on_epoch`` sees the classifier
+    after every epoch.
+
+    ``schedule``: ``cosine`` (per step, to 0) or ``step`` (x0.2 at 60/75/90 % of the epochs, the SEC authors'
+    protocol). ``standardize``: divide by the train features' statistics (the fast default); ``False`` is the
+    plain linear layer of the published protocols (which then needs their large lr, e.g. 5).
+    """
+    if schedule not in PROBE_SCHEDULES:
+        raise ValueError(f"unknown probe schedule {schedule!r}; choose one of {', '.join(PROBE_SCHEDULES)}")
     generator = torch.Generator().manual_seed(seed)
     features, labels = epoch_data(0)
     var, mean = torch.var_mean(features.float(), dim=0)
+    if not standardize:
+        var, mean = torch.full_like(var, 1 - 1e-6), torch.zeros_like(mean)
     classifier = LinearClassifier(mean, (var + 1e-6).sqrt(), num_classes, generator).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * math.ceil(len(labels) / batch_size))
+    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    if schedule == "cosine":
+        per_step = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    else:
+        milestones = sorted({round(fraction * epochs) * steps_per_epoch for fraction in STEP_MILESTONES})
+        per_step = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=STEP_GAMMA)
     for epoch in range(epochs):
         if epoch > 0:
             features, labels = epoch_data(epoch)
@@ -237,7 +259,9 @@ def _fit(epoch_data: Callable[[int], Features], num_classes: int, *, epochs: int
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            per_step.step()
+        if on_epoch is not None:
+            on_epoch(classifier)
     return classifier.eval()
 
 
@@ -269,7 +293,7 @@ def linear_probe(
     backbone: nn.Module, train: Any, test: Any, *, epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
     weight_decay: float = 0.0, augment: bool = False, accelerator: Optional[Accelerator] = None, seed: int = 0,
     feature_batch_size: int = 512, features: Optional[Tuple[Features, Features]] = None, val: Any = None,
-    val_features: Optional[Features] = None,
+    val_features: Optional[Features] = None, schedule: str = "cosine", standardize: bool = True,
 ) -> Dict[str, Any]:
     """Linear-probe accuracy of a frozen ``backbone``: train on ``train``, score top-1/top-5 (%) on ``test``.
 
@@ -279,24 +303,33 @@ def linear_probe(
         features: ``(train, test)`` features already extracted with the eval transform (shared with kNN).
         val, val_features: a validation split (or its features) the same classifier is also scored on.
         seed: the classifier's initialization, batch order and augmentation draws.
+        schedule, standardize: see :func:`_fit`; ``augment=True, schedule="step", standardize=False, lr=5,
+            epochs=100`` is the linear protocol of the SEC authors (and SupCon) on CIFAR.
 
     Returns:
-        ``{"top1", "top5", "num_classes", "train_size", "test_size", "epochs", ...}``; ``top5`` is ``None``
-        with 5 classes or fewer; with a validation split also ``val_top1``, ``val_top5``.
+        ``{"top1", "top5", "best_top1", "best_epoch", "num_classes", "train_size", "test_size", "epochs", ...}``:
+        ``top1``/``top5`` after the last epoch (report these), ``best_top1`` the best test top-1 over epochs (what
+        the SEC authors' and SupCon's tables report; it selects on the test split); ``top5`` is ``None`` with 5
+        classes or fewer; with a validation split also ``val_top1``, ``val_top5``.
     """
     extract = _extractor(backbone, accelerator, feature_batch_size)
     train_features, test_features = features or (None if augment else extract(train), extract(test))
     if val is not None and val_features is None:
         val_features = extract(val)
-    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                    schedule=schedule, standardize=standardize)
     device = _device(backbone, accelerator)
     if augment:
         probe_augment = ProbeAugment(train.image_size, train.mean, train.std)
         epoch_data = lambda epoch: extract(train, transform=probe_augment, seed=_mix(seed, epoch))  # noqa: E731
     else:
         epoch_data = lambda epoch: train_features  # noqa: E731
-    classifier = _fit(epoch_data, train.num_classes, device=device, **settings)
+    history = []
+    classifier = _fit(epoch_data, train.num_classes, device=device,
+                      on_epoch=lambda fitted: history.append(_scores(fitted, test_features, device)["top1"]),
+                      **settings)
     scores = _scores(classifier, test_features, device)
+    scores.update(best_top1=max(history), best_epoch=1 + history.index(max(history)))
     if val_features is not None:
         scores.update({f"val_{key}": value for key, value in _scores(classifier, val_features, device).items()})
     return {**scores, "num_classes": train.num_classes, "train_size": len(train), "test_size": len(test),
@@ -347,7 +380,8 @@ def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: Eval
     result = linear_probe(backbone, train, test, epochs=settings.probe_epochs, batch_size=settings.probe_batch_size,
                           lr=settings.probe_lr, weight_decay=settings.probe_weight_decay,
                           augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features,
-                          val_features=val_features)
+                          val_features=val_features, schedule=settings.probe_schedule,
+                          standardize=settings.probe_standardize)
     knn = functools.partial(knn_on_features, features[0], num_classes=train.num_classes, k=settings.knn_k,
                             temperature=settings.knn_temperature, device=_device(backbone, accelerator))
     result["knn_top1"] = knn(features[1])

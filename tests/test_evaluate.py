@@ -119,6 +119,24 @@ def test_fit_is_reproducible_from_its_seed():
     assert torch.allclose(first.mean, features.mean(0)) and torch.allclose(first.std, features.std(0), atol=1e-4)
 
 
+def test_step_protocol_drops_the_lr_at_60_75_90_percent_and_keeps_raw_features():
+    features, labels = clustered_features(20, spread=2.0)
+    lrs = []
+    original = torch.optim.SGD.step
+
+    def record(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", record)
+        classifier = fit_linear_classifier(features, labels, 10, epochs=20, batch_size=200, lr=5.0,
+                                           schedule="step", standardize=False)
+    # 200 samples in batches of 200: one step per epoch
+    assert lrs == pytest.approx([5.0] * 12 + [1.0] * 3 + [0.2] * 3 + [0.04] * 2)
+    assert torch.all(classifier.mean == 0) and torch.allclose(classifier.std, torch.ones_like(classifier.std))
+
+
 def test_knn_on_clustered_features_is_near_perfect_and_k_is_capped():
     train, test = clustered_features(30, seed=0), clustered_features(10, seed=0)
     assert knn_on_features(train, test, 10, k=200) >= 99.0  # 300 train features < k: capped, no error
@@ -142,6 +160,7 @@ def test_knn_and_probe_on_clustered_images_are_near_perfect():
     assert knn_accuracy(backbone, train, test, k=20, batch_size=64) >= 98.0
     assert backbone.training  # extraction runs in eval mode and restores the mode it found
     result = linear_probe(backbone, train, test, epochs=20, feature_batch_size=64)
+    assert result["best_top1"] >= result["top1"] and 1 <= result["best_epoch"] <= 20
     assert result["top1"] >= 98.0 and result["top5"] >= result["top1"]
     assert (result["num_classes"], result["train_size"], result["test_size"]) == (10, 200, 50)
 
