@@ -51,6 +51,7 @@ class ModelConfig:
     cifar_stem: bool = True
     projection_hidden_dim: int = 2048
     projection_dim: int = 128
+    sync_batchnorm: bool = False  # BatchNorm statistics over all processes (SyncBN; SimCLR's and the SEC authors' choice)
 
 
 @dataclass

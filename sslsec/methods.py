@@ -116,8 +116,10 @@ def build_method(config: Config, in_channels: int, distributed: bool = False) ->
         gather_distributed=distributed,
     )
     if config.method == "simclr":
-        return SimCLR(backbone, head, criterion)
-    model = MoCo(backbone, head, criterion, shuffle_bn=config.moco.batch_norm == "shuffle")
-    if distributed and config.moco.batch_norm == "sync":
+        model = SimCLR(backbone, head, criterion)
+    else:
+        model = MoCo(backbone, head, criterion, shuffle_bn=config.moco.batch_norm == "shuffle")
+    sync = config.model.sync_batchnorm or (config.method == "moco" and config.moco.batch_norm == "sync")
+    if distributed and sync:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

@@ -27,6 +27,16 @@ def test_build_method_picks_the_method_and_its_loss_settings():
     assert moco.criterion.contrastive.temperature == 0.2
 
 
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_sync_batchnorm_is_available_to_every_method_under_several_processes(method):
+    def sync_layers(model):
+        return sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+
+    assert sync_layers(build_method(_config(method, "model.sync_batchnorm=true"), 1, distributed=True)) > 0
+    assert sync_layers(build_method(_config(method, "model.sync_batchnorm=true"), 1, distributed=False)) == 0
+    assert sync_layers(build_method(_config(method), 1, distributed=True)) == 0
+
+
 def test_simclr_with_sec_off_is_exactly_plain_ntxent():
     torch.manual_seed(0)
     model = build_method(_config("simclr"), in_channels=1)
