@@ -117,3 +117,24 @@ def test_real_fashion_mnist():
     assert train.labels.min() == 0 and train.labels.max() == 9 and train.num_classes == 10
     assert torch.bincount(test.labels).tolist() == [500] * 10
     assert abs(train.images[:5000].float().mean().item() - 0.286 * 255) < 0.01 * 255
+
+
+def test_image_folder_splits_share_the_training_split_class_list(tmp_path):
+    write_jpeg_folder(tmp_path, {"n01": 2, "n02": 1, "n03": 2}, split_folders=("train",))
+    write_jpeg_folder(tmp_path, {"n01": 1, "n03": 1}, split_folders=("val",))
+    (tmp_path / "val" / "n02").mkdir()  # a class without validation images keeps its label
+    test = load_dataset("imagenet_folder", tmp_path, "test", image_size=8)
+    assert test.classes == ["n01", "n02", "n03"] and test.labels.tolist() == [0, 2]
+
+    (tmp_path / "val" / "n02").rmdir()
+    with pytest.raises(DatasetError, match=r"1 classes are not folders in .*val: \['n02'\]") as error:
+        load_dataset("imagenet_folder", tmp_path, "test")
+    assert "\n" not in str(error.value)
+
+    write_jpeg_folder(tmp_path, {"n02": 1, "n09": 1}, split_folders=("val",))
+    with pytest.raises(DatasetError, match=r"val has 1 class folders the training split lacks: \['n09'\]") as error:
+        load_dataset("imagenet_folder", tmp_path, "test")
+    assert "\n" not in str(error.value)
+    # with a class list, folders outside it are left out of every split
+    test = load_dataset("imagenet_folder", tmp_path, "test", class_list=["n01", "n03"], image_size=8)
+    assert test.classes == ["n01", "n03"] and test.labels.tolist() == [0, 1]
