@@ -9,7 +9,7 @@ complete one) and, once pretraining has finished, ``backbone.safetensors`` and `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 from safetensors.torch import load_model
 from torch import nn
@@ -23,35 +23,17 @@ class RunError(ValueError):
     """A run directory or saved backbone that cannot be read as asked."""
 
 
-class RunPaths(NamedTuple):
+class RunPaths:
     """The files of the run directory ``root``."""
 
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return Path(self.root) / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return Path(self.root) / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return Path(self.root) / "checkpoints"
-
-    @property
-    def backbone(self) -> Path:
-        return Path(self.root) / "backbone.safetensors"
-
-    @property
-    def projection_head(self) -> Path:
-        return Path(self.root) / "projection_head.safetensors"
-
-    @property
-    def latest_checkpoint(self) -> Path:
-        """The file naming the newest complete checkpoint directory."""
-        return self.checkpoints / "latest"
+    def __init__(self, root: Union[str, Path]) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.metrics = self.root / "metrics.jsonl"
+        self.checkpoints = self.root / "checkpoints"
+        self.latest_checkpoint = self.checkpoints / "latest"  # names the newest complete checkpoint directory
+        self.backbone = self.root / "backbone.safetensors"
+        self.projection_head = self.root / "projection_head.safetensors"
 
     def finished(self) -> bool:
         """Pretraining wrote its final weights."""
@@ -64,7 +46,7 @@ class RunPaths(NamedTuple):
 
 def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:
     """The config (``config.yaml`` with ``key=value`` overrides) and trained backbone of a pretraining run."""
-    paths = RunPaths(Path(run_dir))
+    paths = RunPaths(run_dir)
     if not paths.root.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
     if not paths.config.is_file():
@@ -85,7 +67,7 @@ def load_saved_backbone(path: Union[str, Path]) -> nn.Module:
 
 def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
     """The trained projection head of a pretraining run (``projection_head.safetensors``)."""
-    path = RunPaths(Path(run_dir)).projection_head
+    path = RunPaths(run_dir).projection_head
     if not path.is_file():
         raise RunError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")
     head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,

@@ -212,7 +212,7 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
 def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
     """``[[epoch, knn_top1], ...]`` from a run's ``metrics.jsonl``; after a resume the last row of an epoch wins."""
     by_epoch = {}
-    for line in RunPaths(Path(run_dir)).metrics.read_text().splitlines():
+    for line in RunPaths(run_dir).metrics.read_text().splitlines():
         row = json.loads(line)
         if "knn_top1" in row:
             by_epoch[row["epoch"]] = row["knn_top1"]

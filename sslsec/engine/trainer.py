@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
@@ -49,7 +48,6 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if optim.name == "lars":
         return LARS(groups, lr=lr, momentum=optim.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
-
 
 
 def _micro_batch(config: Config, num_processes: int) -> int:

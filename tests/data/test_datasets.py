@@ -1,7 +1,6 @@
 """Data sets read back from fixtures in their real on-disk formats, and clear errors."""
 
 import gzip
-import math
 from pathlib import Path
 
 import numpy as np
