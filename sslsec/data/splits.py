@@ -48,7 +48,6 @@ def validation_split(labels: Tensor, val_size: int, seed: int = 0) -> tuple[Tens
     return keep.nonzero().flatten(), val_indices
 
 
-
 class Splits(NamedTuple):
     """The data a run trains and is scored on; ``val`` is None unless ``data.val_size`` is set."""
 

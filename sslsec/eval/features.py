@@ -125,7 +125,6 @@ def derive_seed(*numbers: int) -> int:
     return value
 
 
-
 def extractor(backbone: nn.Module, accelerator: Optional[Accelerator], batch_size: int) -> Callable[..., Features]:
     """``extract(dataset, **kwargs)``: :func:`extract_features` with these settings bound."""
     return lambda dataset, **kwargs: extract_features(backbone, dataset, accelerator=accelerator,

@@ -42,7 +42,6 @@ def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: Eval
     return {**result, "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature}
 
 
-
 def random_backbone(config: Config, in_channels: int) -> nn.Module:
     """The untrained ``config.model`` backbone, initialized from ``trainer.seed``: the baseline for every SSL number."""
     with torch.random.fork_rng(devices=[]):

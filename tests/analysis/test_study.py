@@ -188,5 +188,5 @@ def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_
     assert process.returncode == 0, process.stderr[-3000:]
     [row] = json.loads((tmp_path / "study.json").read_text())
     assert row["variant"] == "sec_ema" and row["sec_momentum"] == 0.1 and row["sec_weight"] == 1.0
-    assert process.stdout.count("| sec_ema | 1 |") == 1  # the table is printed once, by the main process
+    assert process.stdout.count("| sec_ema | 1, EMA 0.1 | constant | 1 |") == 1  # printed once, by the main process
     assert row["knn_per_epoch"] == _knn_rows(tmp_path / "sec_ema_seed0")

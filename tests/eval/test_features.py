@@ -38,7 +38,7 @@ from sslsec.data import load_splits
 from sslsec.eval import extract_features, knn_accuracy, linear_probe
 from sslsec.runs import load_run
 config, backbone = load_run(sys.argv[1], ["data.test_limit=99"])  # 99 = 7 steps of 7 x 2 + 1: rank 1's last is empty
-train, test = load_splits(config)
+train, _, test = load_splits(config)
 accelerator = Accelerator(cpu=True)
 result = {"world_size": accelerator.num_processes,
           "features": extract_features(backbone, test, accelerator=accelerator, batch_size=7),
@@ -61,7 +61,7 @@ def test_two_processes_gather_the_same_features_and_scores_as_one(run_dir, tmp_p
     assert process.returncode == 0, process.stderr[-3000:]
     sharded = torch.load(tmp_path / "out.pt")
     config, backbone = load_run(run_dir, ["data.test_limit=99"])
-    train, test = load_splits(config)
+    train, _, test = load_splits(config)
     features, labels = extract_features(backbone, test, batch_size=7, progress=False)
     assert sharded["world_size"] == 2 and torch.equal(sharded["features"][1], labels)
     assert torch.allclose(sharded["features"][0], features, atol=1e-5)
