@@ -1,5 +1,5 @@
 """The SEC study: ``python scripts/study.py --config configs/simclr_fmnist.yaml --variants none,sec,sec_ema,l2
---seeds 3 [key=value ...]``; see :mod:`sslsec.study`.
+--seeds 3 loss.sec_weight=1.0 [key=value ...]``; see :mod:`sslsec.analysis.study`.
 
 Several processes: ``accelerate launch --num_processes N scripts/study.py ...`` or
 ``torchrun --nproc_per_node N scripts/study.py ...``; only the main process writes the study files.

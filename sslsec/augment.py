@@ -32,7 +32,6 @@ __all__ = [
     "ProbeAugment",
     "EvalTransform",
     "MultiView",
-    "PRESETS",
     "seeded",
 ]
 
@@ -203,9 +202,6 @@ class MoCoV2Augment(ContrastiveAugment):
     def __init__(self, size: Size, mean: Sequence[float], std: Sequence[float], *,
                  crop_scale: tuple[float, float] = (0.2, 1.0), **kwargs) -> None:
         super().__init__(size, mean, std, crop_scale=crop_scale, **kwargs)
-
-
-PRESETS = {"simclr": SimCLRAugment, "moco": MoCoV2Augment}  # each method's published view recipe
 
 
 class ProbeAugment(AugmentPipeline):

@@ -1,7 +1,9 @@
-"""Console entry points: parse the arguments, call one library function, print what it found.
+"""Console entry points (``sslsec-pretrain``, ``sslsec-linear-probe``, ``sslsec-diagnose``, ``sslsec-study``):
+parse the arguments, call one library function, print what it found.
 
-Every entry point takes ``key=value`` config overrides after its flags (the syntax of
-:func:`sslsec.config.load_config`) and turns a user error (a bad config, a missing file, a data set that
+One style of command line: everything that is a config key is given as ``key=value`` (before or after the
+flags; the syntax of :func:`sslsec.config.load_config`), flags are only for what is not a config key, and
+``--help`` lists every config key with its default. Every entry point turns a user error (a bad config, a missing file, a data set that
 does not fit the backbone) into one ``error:`` line on stderr and exit code 2, never a traceback.
 """
 
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
@@ -18,15 +22,14 @@ from typing import Iterator, Optional, Sequence, Tuple
 from accelerate import Accelerator, PartialState
 from torch import nn
 
-from sslsec.config import Config, ConfigError, load_config
-from sslsec.data import DatasetError
-from sslsec.diagnostics import diagnose_run
-from sslsec.distributed import make_accelerator
-from sslsec.train import TrainingError, pretrain
-from sslsec.evaluate import (EvaluationError, evaluate_backbone, load_run, load_saved_backbone, load_splits,
-                             random_backbone)
+from sslsec.analysis.diagnostics import diagnose_run
+from sslsec.config import Config, ConfigError, config_keys, load_config
+from sslsec.data import DatasetError, load_splits
+from sslsec.engine import TrainingError, make_accelerator, pretrain
+from sslsec.eval import EvaluationError, evaluate_backbone, random_backbone
+from sslsec.runs import RunError, RunPaths, load_run, load_saved_backbone
 
-USER_ERRORS = (ConfigError, DatasetError, EvaluationError, TrainingError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, EvaluationError, RunError, TrainingError, FileNotFoundError)
 
 
 @contextlib.contextmanager
@@ -39,10 +42,34 @@ def _exit_on_user_error(program: str) -> Iterator[None]:
 
 
 def _parser(program: str, description: str, example: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=program, description=description)
+    parser = argparse.ArgumentParser(prog=program, description=description, epilog=config_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"config overrides after the flags, e.g. {example}")
+                        help=f"config overrides (any key listed below), e.g. {example}")
     return parser
+
+
+def config_help(width: int = 100) -> str:
+    """The config sections and their keys with the defaults, as ``--help`` shows them."""
+    lines = ["config keys (give them as key=value), with their defaults:"]
+    for section, items in itertools.groupby(config_keys(), key=lambda item: item[0].rpartition(".")[0]):
+        text = "  ".join(f"{key.rpartition('.')[2]}={_yaml_value(value)}" for key, value in items)
+        lines += textwrap.wrap(text, width, initial_indent=f"  {section or '(top level)'}:  ",
+                               subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def _yaml_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Overrides may come before, between and after the flags."""
+    return parser.parse_intermixed_args(argv)
 
 
 def _linear_probe_parser() -> argparse.ArgumentParser:
@@ -64,7 +91,7 @@ def _linear_probe_parser() -> argparse.ArgumentParser:
 def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-linear-probe``: linear probe and kNN of a frozen backbone; writes ``linear_probe.json``."""
     parser = _linear_probe_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if (args.run is None) == (args.config is None):
         parser.error("--backbone and --random-init need --config FILE; --run reads RUN/config.yaml instead")
     with _exit_on_user_error(parser.prog):
@@ -98,8 +125,8 @@ def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module]
     if args.backbone is not None:
         return config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent, str(args.backbone)
     output_dir = args.output_dir or Path(config.output_dir)
-    if args.output_dir is None and (output_dir / "backbone.safetensors").is_file():
-        raise EvaluationError(f"output_dir {output_dir} holds a pretraining run whose linear_probe.json the "
+    if args.output_dir is None and RunPaths(output_dir).finished():
+        raise RunError(f"output_dir {output_dir} holds a pretraining run whose linear_probe.json the "
                               "random-init baseline would overwrite; pass output_dir=... or --output-dir")
     return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})"
 
@@ -120,15 +147,15 @@ def _print_probe(result: dict, path: Path) -> None:
 
 
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
-    """``diagnose.py``: projection-norm and pair-cosine diagnostics of a run; writes PNGs and ``diagnostics.json``."""
-    parser = _parser("diagnose.py", "Projection norms and positive/negative cosines of a pretraining run.",
-                     "data.root=/elsewhere/fashion-mnist")
+    """``sslsec-diagnose``: projection-norm and pair-cosine diagnostics of a run; writes PNGs and
+    ``diagnostics.json``."""
+    parser = _parser("sslsec-diagnose", "Projection norms and positive/negative cosines of a pretraining run; "
+                     "trainer.seed picks the images and their views.", "trainer.seed=1 data.root=/elsewhere")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="a pretraining run directory")
     parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
-    parser.add_argument("--seed", type=int, default=0, help="image sample and augmentation seed")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
-        result = diagnose_run(args.run, args.overrides, n=args.n, seed=args.seed)
+        result = diagnose_run(args.run, args.overrides, n=args.n)
     print(f"{result['method']} on {result['dataset']}, {result['n_images']} test images, two views each")
     print(f"  projection norm  mean {result['norm_mean']:.3f}  std {result['norm_std']:.3f}  "
           f"std/mean {result['norm_std_over_mean']:.3f}")
@@ -144,11 +171,11 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
                      "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
     parser.add_argument("--probe", action="store_true", help="run the linear probe and kNN on the result")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
         config = load_config(args.config, args.overrides)
         run_dir = pretrain(config)
-        if args.probe and (run_dir / "backbone.safetensors").is_file():
+        if args.probe and RunPaths(run_dir).finished():
             config, backbone = load_run(run_dir)
             _probe(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
     PartialState().destroy_process_group()
@@ -156,29 +183,25 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
 
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each pretrained, probed and diagnosed; prints the table."""
-    from sslsec.study import DEFAULT_VARIANTS, VARIANTS, run_study, summarize_study
+    from sslsec.analysis.study import DEFAULT_VARIANTS, VARIANTS, run_study, summarize_study
 
     parser = _parser("sslsec-study", "The SEC study: pretrain every variant x seed into output_dir/VARIANT_seedN, then "
                      "the linear probe, kNN and norm diagnostics; writes study.md, study.json, study_knn.png and "
-                     "study_norms.png into output_dir. Finished runs are reused and interrupted ones resumed. Run it "
+                     "study_norms.png into output_dir. The variants take their weights from the config: loss.sec_weight "
+                     "(the sec variants), loss.sec_momentum (sec_ema; default 0.1), loss.norm_penalty_weight (l2; "
+                     "default 0.01), and loss.sec_schedule. Finished runs are reused and interrupted ones resumed. Run it "
                      "with python, or with accelerate launch / torchrun for several processes.",
-                     "trainer.epochs=4 output_dir=runs/study")
+                     "trainer.epochs=4 loss.sec_weight=1.0 loss.norm_penalty_weight=0.01 output_dir=runs/study")
     parser.add_argument("--config", type=Path, help="base config YAML (default: the built-in defaults)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, trainer.seed=0..SEEDS-1 (default 3)")
-    parser.add_argument("--sec-weight", type=float, help="override the config's loss.sec_weight for the sec variants")
-    parser.add_argument("--sec-momentum", type=float,
-                        help="loss.sec_momentum of sec_ema (default: the config's, else 0.1)")
-    parser.add_argument("--l2-weight", type=float,
-                        help="loss.norm_penalty_weight of l2 (default: the config's, else 0.01)")
     parser.add_argument("--diagnostics-n", type=int, default=1024,
                         help="test images embedded for the norm diagnostics (default 1024)")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     with _exit_on_user_error(parser.prog):
-        rows = run_study(args.config, variants, args.seeds, args.overrides, sec_weight=args.sec_weight,
-                         sec_momentum=args.sec_momentum, l2_weight=args.l2_weight, diagnostics_n=args.diagnostics_n)
+        rows = run_study(args.config, variants, args.seeds, args.overrides, diagnostics_n=args.diagnostics_n)
     if PartialState().is_main_process:
         print("\n" + summarize_study(rows), end="")
     PartialState().destroy_process_group()

@@ -1,9 +1,15 @@
-"""Typed configuration: dataclasses with the published defaults, YAML files, ``key=value`` overrides.
+"""Typed configuration: dataclasses with the published defaults, merged by OmegaConf with YAML and ``key=value``.
 
-A YAML file only sets values; every key must exist here. Validation happens once, in
-:func:`load_config`, and every error names the key, the bad value and the valid choices::
+The dataclasses are the schema (an OmegaConf structured config): a YAML file, then ``key=value`` overrides, are
+merged into it in that order, so every value is typed by the schema and not by YAML's guesses
+(``trainer.mixed_precision=no`` is the string "no", ``optim.lr=1e-3`` a float, ``null`` None). A YAML file only
+sets values; every key must exist here. Validation happens once, in :func:`load_config`, and every error is one
+line that names the key, the bad value and the valid choices::
 
     config = load_config("configs/simclr_fmnist.yaml", ["loss.sec_weight=1.0", "trainer.epochs=5"])
+
+The names of methods, data sets and backbones come from their registries (:data:`sslsec.methods.METHODS`,
+:data:`sslsec.data.DATASET_NAMES`, :data:`sslsec.models.BACKBONES`).
 """
 
 from __future__ import annotations
@@ -13,15 +19,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from sslsec.data import DATASET_NAMES
+from sslsec.eval.linear import PROBE_SCHEDULES
 from sslsec.losses import SEC_SCHEDULES
+from sslsec.methods import METHODS
+from sslsec.models import BACKBONES
 
-METHODS = ("simclr", "moco")
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "npz", "imagenet_folder")
-BACKBONES = ("resnet18", "resnet50", "small_cnn")
 OPTIMIZERS = ("sgd", "lars")
 PRECISIONS = ("no", "bf16", "fp16")
 MOCO_BATCH_NORMS = ("shuffle", "sync", "none")
@@ -80,6 +89,12 @@ class AugmentConfig:
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     blur_kernel_size: Optional[int] = None  # None: about 10 % of the view size, odd
 
+    def __post_init__(self) -> None:
+        for key in ("crop_scale", "crop_ratio", "blur_sigma"):  # OmegaConf hands lists back; the schema says tuples
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, tuple(value))
+
 
 @dataclass
 class MoCoConfig:
@@ -130,7 +145,7 @@ class EvalConfig:
 class Config:
     method: str = "simclr"
     output_dir: str = "runs/default"
-    resume: Union[bool, str] = False  # true: latest checkpoint in output_dir; or a checkpoint path
+    resume: Any = False  # true: latest checkpoint in output_dir; or a checkpoint path (bool or str, checked below)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -142,106 +157,134 @@ class Config:
 
 
 def to_dict(config: Config) -> Dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as plain nested dicts and lists (what ``config.yaml`` holds)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))
 
 
 def save_config(config: Config, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write ``config`` as plain YAML that :func:`load_config` reads back to an equal config."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config), sort_keys=False))
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
-    values: Dict[str, Any] = {}
+    """The schema's defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    merged = OmegaConf.structured(Config)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of keys to values")
+        merged = _merge(merged, _typed_tree(_read_yaml(Path(path)), Config, ""))
     for override in overrides:
         key, sep, text = override.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {override!r} must look like key=value, e.g. trainer.epochs=5")
-        _set_dotted(values, key.strip(), yaml.safe_load(text) if text.strip() else None)
-    config = _build(Config, values, prefix="")
+        tree: Dict[str, Any] = {}
+        _set_dotted(tree, key.strip(), text.strip())
+        merged = _merge(merged, _typed_tree(tree, Config, ""))
+    config = OmegaConf.to_object(merged)
     validate(config)
     return config
+
+
+def config_keys(config: Optional[Config] = None) -> Iterator[Tuple[str, Any]]:
+    """Every ``(dotted key, value)`` of ``config`` (default: the schema's defaults), in schema order."""
+    def walk(values: Dict[str, Any], prefix: str) -> Iterator[Tuple[str, Any]]:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    return walk(to_dict(config or Config()), "")
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    """The file's mapping with every scalar left as text: the schema, not YAML 1.1, decides the types."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.load(path.read_text(), Loader=yaml.BaseLoader) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return values
 
 
 def _set_dotted(values: Dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = values
     for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: {part!r} is a value, not a section")
-        node = child
+        node = node.setdefault(part, {})
     node[leaf] = value
 
 
-def _build(cls: type, values: Dict[str, Any], prefix: str) -> Any:
+def _typed_tree(values: Any, cls: type, prefix: str) -> Dict[str, Any]:
+    """Check the keys of ``values`` against the dataclass ``cls`` and turn YAML text into what the schema takes.
+
+    Text stays text where the schema names a scalar type (OmegaConf converts it: "no" to the string "no",
+    "1e-3" to a float); ``null`` and ``~`` become None; fields typed ``Any`` and lists are parsed as YAML.
+    """
+    where = prefix.rstrip(".")
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; valid keys under {prefix.rstrip('.') or 'the top level'}: "
-            + ", ".join(fields)
-        )
-    kwargs = {}
+    names = [f.name for f in dataclasses.fields(cls)]
+    typed = {}
     for name, value in values.items():
-        hint, key = hints[name], prefix + name
+        if name not in hints:
+            raise ConfigError(f"unknown key {prefix}{name}; valid keys under {where or 'the top level'}: "
+                              + ", ".join(names))
+        hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key + ".")
+            typed[name] = _typed_tree({} if value == "" else value, hint, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, key)
-    return cls(**kwargs)
+            typed[name] = _typed_value(value, hint)
+    return typed
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``hint`` (int, float, bool, str, Optional, Union)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
-    if isinstance(value, (list, tuple)):
-        return _coerce_tuple(value, options, key)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{key} must be set (expected {_type_names(options)})")
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"{key} must be {_type_names(options)}, got {value!r}")
+def _typed_value(value: Any, hint: Any) -> Any:
+    if isinstance(value, list):
+        return [_null_or(item) if isinstance(item, str) else item for item in value]
+    if not isinstance(value, str):
+        return value
+    text = _null_or(value)
+    if text is None or hint in (str, int, float, bool) or _options(hint) & {str, int, float, bool}:
+        return text
+    parsed = yaml.safe_load(text)  # Any-typed fields and lists given on the command line ("[0.2, 1.0]")
+    return _typed_value(parsed, hint) if isinstance(parsed, list) else parsed
 
 
-def _coerce_tuple(value: Sequence[Any], options: Sequence[Any], key: str) -> Tuple[Any, ...]:
-    """A list such as ``[0.2, 1.0]`` for a ``Tuple[float, float]`` field."""
-    for option in options:
-        if typing.get_origin(option) is tuple:
-            items = typing.get_args(option)
-            if len(items) == len(value):
-                return tuple(_coerce(item, hint, f"{key}[{i}]") for i, (item, hint) in enumerate(zip(value, items)))
-    raise ConfigError(f"{key} must be {_type_names(options)}, got {list(value)!r}")
+def _null_or(text: str) -> Optional[str]:
+    return None if text.strip() in ("null", "~", "") else text
 
 
-def _type_names(options: Sequence[Any]) -> str:
-    return " or ".join(_type_name(o) for o in options)
+def _options(hint: Any) -> set:
+    return set(typing.get_args(hint)) if typing.get_origin(hint) in (Union, types.UnionType) else {hint}
+
+
+def _merge(base: DictConfig, values: Dict[str, Any]) -> DictConfig:
+    """OmegaConf's merge, with its multi-line errors turned into one line that names the key and the value."""
+    try:
+        return OmegaConf.merge(base, values)
+    except OmegaConfBaseException as error:
+        key = error.full_key or "config"
+        hint = _hint(key)
+        if error.value is None:
+            raise ConfigError(f"{key} must be set (expected {_type_names(_options(hint))})") from None
+        raise ConfigError(f"{key} must be {_type_names(_options(hint))}, got {error.value!r}") from None
+
+
+def _hint(key: str) -> Any:
+    """The schema's annotation of the dotted ``key`` (list items ``a.b[0]`` take their element type)."""
+    node: Any = Config
+    index = key.endswith("]")
+    for part in key.split("[")[0].split("."):
+        node = typing.get_type_hints(node)[part]
+    if index:
+        node = next(iter(typing.get_args(next(o for o in _options(node) if typing.get_origin(o) is tuple))))
+    return node
+
+
+def _type_names(options: Any) -> str:
+    return " or ".join(sorted(_type_name(o) for o in options))
 
 
 def _type_name(option: Any) -> str:
@@ -249,7 +292,7 @@ def _type_name(option: Any) -> str:
         return "null"
     if typing.get_origin(option) is tuple:
         return f"a list of {len(typing.get_args(option))} numbers"
-    return option.__name__
+    return getattr(option, "__name__", str(option))
 
 
 def _choice(key: str, value: str, choices: Sequence[str]) -> None:
@@ -264,14 +307,16 @@ def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> Non
 
 def validate(config: Config) -> None:
     """Range and choice checks that types alone cannot express."""
-    _choice("method", config.method, METHODS)
-    _choice("data.name", config.data.name, DATASETS)
+    _choice("method", config.method, tuple(METHODS))
+    _choice("data.name", config.data.name, DATASET_NAMES)
     _choice("model.backbone", config.model.backbone, BACKBONES)
+    if not isinstance(config.resume, (bool, str)):
+        raise ConfigError(f"resume must be true, false or a checkpoint path, got {config.resume!r}")
     _choice("optim.name", config.optim.name, OPTIMIZERS)
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
     _choice("loss.sec_schedule", config.loss.sec_schedule, SEC_SCHEDULES)
-    _choice("eval.probe_schedule", config.eval.probe_schedule, ("cosine", "step"))
+    _choice("eval.probe_schedule", config.eval.probe_schedule, PROBE_SCHEDULES)
     _check_augment(config.augment)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",
@@ -293,7 +338,7 @@ def validate(config: Config) -> None:
 def _check_augment(augment: AugmentConfig) -> None:
     for key in ("crop_scale", "crop_ratio", "blur_sigma"):
         value = getattr(augment, key)
-        if value is not None and not 0 < value[0] <= value[1]:
+        if value is not None and (len(value) != 2 or not 0 < value[0] <= value[1]):
             raise ConfigError(f"augment.{key} must be [low, high] with 0 < low <= high, got {list(value)}")
     if augment.crop_scale is not None and augment.crop_scale[1] > 1:
         raise ConfigError(f"augment.crop_scale is a fraction of the image area, at most 1; got {list(augment.crop_scale)}")

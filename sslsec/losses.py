@@ -67,8 +67,8 @@ def _check_weight(value: float, name: str) -> float:
 
 
 def _row_norms(z: Tensor) -> Tensor:
-    """Euclidean norms of the rows of z (N, D), computed in at least float32 (bf16/fp16 safe)."""
-    return z.to(torch.promote_types(z.dtype, torch.float32)).norm(dim=1)
+    """Euclidean norms of the rows of z (N, D), accumulated in at least float32 (bf16/fp16 safe)."""
+    return torch.linalg.vector_norm(z, dim=1, dtype=torch.promote_types(z.dtype, torch.float32))
 
 
 def _distributed() -> bool:

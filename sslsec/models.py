@@ -1,4 +1,4 @@
-"""Backbones (torchvision ResNets, a small CNN) and lightly's projection heads.
+"""Backbones: torchvision ResNets and a small CNN, saved and loaded as safetensors.
 
 A backbone maps normalized images (N, C, H, W) to features (N, F) and exposes
 ``feature_dim``. ResNets keep torchvision's module names (``fc`` is an ``nn.Identity``),
@@ -13,11 +13,11 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 import torchvision
-from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet50", "small_cnn")
+BACKBONES = ("resnet18", "resnet50", "small_cnn")  # the one list of backbone names (config reads it)
 
 
 class SmallCNN(nn.Module):
@@ -74,20 +74,9 @@ def build_backbone(
     return resnet
 
 
-def build_projection_head(
-    method: str, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128
-) -> nn.Module:
-    """lightly's head for ``method``: SimCLR (2 layers, BN) or MoCo v2 (2 layers, no BN)."""
-    heads = {"simclr": SimCLRProjectionHead, "moco": MoCoProjectionHead}
-    if method not in heads:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(heads)}")
-    return heads[method](input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
-
-
 def save_module(module: nn.Module, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write ``module``'s state dict as a safetensors file (tensors moved to the CPU)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    """Write ``module``'s state dict as a safetensors file (``safetensors.torch.save_model``)."""
+    save_model(module, str(path), metadata=metadata, force_contiguous=True)  # channels_last weights are strided
 
 
 def save_backbone(backbone: nn.Module, path: Union[str, Path], spec: Dict[str, Any]) -> None:
@@ -101,13 +90,11 @@ def load_backbone(path: Union[str, Path], spec: Optional[Dict[str, Any]] = None)
     if not path.is_file():
         raise FileNotFoundError(f"no backbone file at {path}")
     if spec is None:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         if "sslsec_backbone" not in metadata:
             raise ValueError(f"{path} has no sslsec backbone metadata; pass the backbone spec")
         spec = json.loads(metadata["sslsec_backbone"])
     backbone = build_backbone(**spec)
-    backbone.load_state_dict(load_file(str(path)))
+    load_model(backbone, str(path))
     return backbone

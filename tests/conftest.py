@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures import write_run, write_template_npz
+
 
 @pytest.fixture(scope="module")
 def npz_root(tmp_path_factory):
@@ -14,3 +16,8 @@ def npz_root(tmp_path_factory):
         labels = (coarse.mean(dim=(1, 2, 3)) * 4).long().clamp(max=3)
         np.savez(root / f"{split}.npz", images=(images[:, 0] * 255).byte().numpy(), labels=labels.numpy())
     return root
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return write_run(tmp_path / "run", write_template_npz(tmp_path / "data"))

@@ -18,6 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+
+from sslsec.config import Config, save_config
+from sslsec.data import ImageArrays
+from sslsec.methods import build_projection_head
+from sslsec.models import build_backbone, save_backbone
 from torchvision.io import encode_jpeg
 
 Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N, C, H, W), labels int64 (N,)
@@ -132,3 +138,60 @@ def _encode_jpeg(image: torch.Tensor) -> bytes:
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         return encode_jpeg(image, quality=95).numpy().tobytes()
+
+
+# --- backbones, features and runs for the evaluation tests ---------------------------------------------------
+
+def clustered_features(n_per_class, num_classes=10, dim=32, spread=0.3, seed=0):
+    """Gaussian clusters around random unit-scale centres: linearly separable for small ``spread``."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_classes, dim, generator=generator)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def template_images(n_per_class, num_classes=10, channels=1, size=16, noise=12, seed=0):
+    """uint8 images: one random pattern per class plus small pixel noise, so classes form tight clusters."""
+    generator = torch.Generator().manual_seed(seed)
+    templates = torch.randint(40, 216, (num_classes, channels, size, size), generator=torch.Generator().manual_seed(99))
+    labels = torch.arange(num_classes).repeat(n_per_class)
+    pixels = templates[labels] + torch.randint(-noise, noise + 1, (len(labels), channels, size, size),
+                                               generator=generator)
+    return pixels.clamp(0, 255).to(torch.uint8), labels
+
+
+def template_dataset(n_per_class, seed=0, channels=1):
+    images, labels = template_images(n_per_class, channels=channels, seed=seed)
+    return ImageArrays(images, labels, [str(c) for c in range(10)], (0.5,) * channels, (0.25,) * channels, "templates")
+
+
+def small_cnn(in_channels=1, seed=0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build_backbone("small_cnn", in_channels)
+
+
+def write_template_npz(root, n_train=20, n_test=10):
+    """``root/{train,test}.npz`` (``images`` uint8 N x H x W, ``labels``), the npz data set's format."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = template_images(n, seed=seed)
+        np.savez(root / f"{split}.npz", images=images[:, 0].numpy(), labels=labels.numpy())
+    return root
+
+
+def write_run(run_dir, data_root, in_channels=1, backbone=True, method="simclr"):
+    """A pretraining run directory as the trainer leaves it: config.yaml, backbone and head safetensors."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = Config(method=method, output_dir=str(run_dir))
+    config.data.name, config.data.root = "npz", str(data_root)
+    config.model.backbone, config.model.projection_hidden_dim, config.model.projection_dim = "small_cnn", 64, 16
+    config.eval.probe_epochs, config.eval.knn_k = 20, 20
+    save_config(config, run_dir / "config.yaml")
+    model = small_cnn(in_channels)
+    if backbone:
+        save_backbone(model, run_dir / "backbone.safetensors", {"name": "small_cnn", "in_channels": in_channels})
+        head = build_projection_head(method, model.feature_dim, 64, 16)
+        state = {name: value.contiguous() for name, value in head.state_dict().items()}
+        save_file(state, str(run_dir / "projection_head.safetensors"))
+    return run_dir

@@ -103,7 +103,7 @@ def test_augment_config_keys_reach_kornia():
     from types import SimpleNamespace
 
     from sslsec.config import load_config
-    from sslsec.train import build_augment
+    from sslsec.methods import build_augment
 
     size = 64  # the coordinate image of the crop test above: view corners reveal the crop box
     coordinate = torch.arange(size, dtype=torch.uint8) * 4

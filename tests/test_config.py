@@ -16,12 +16,28 @@ def test_every_shipped_config_loads(path):
 
 def test_overrides_are_typed_and_applied_in_order(tmp_path):
     config = load_config(CONFIGS[0], ["loss.sec_weight=1", "trainer.epochs=5", "loss.sec_momentum=0.1",
-                                      "resume=true", "output_dir=runs/x", "optim.weight_decay=1e-6"])
+                                      "resume=true", "output_dir=runs/x", "optim.weight_decay=1e-6",
+                                      "trainer.epochs=7", "loss.sec_momentum=null"])
     assert config.optim.weight_decay == 1e-6
     assert config.loss.sec_weight == 1.0 and isinstance(config.loss.sec_weight, float)
-    assert config.trainer.epochs == 5 and config.resume is True and config.output_dir == "runs/x"
+    assert config.trainer.epochs == 7 and config.loss.sec_momentum is None  # the later override wins
+    assert config.resume is True and config.output_dir == "runs/x"
+    assert load_config(CONFIGS[0]).trainer.epochs != 7  # the file's value, before the overrides
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_values_are_typed_by_the_schema_not_by_yaml(tmp_path):
+    config = load_config(None, ["trainer.mixed_precision=no", "optim.lr=1e-3", "data.train_limit=null",
+                                "model.backbone=small_cnn", "output_dir=123", "augment.crop_scale=[0.3, 1]"])
+    assert config.trainer.mixed_precision == "no" and config.optim.lr == 0.001 and isinstance(config.optim.lr, float)
+    assert config.data.train_limit is None and config.output_dir == "123"
+    assert config.augment.crop_scale == (0.3, 1.0) and isinstance(config.augment.crop_scale[1], float)
+    (tmp_path / "c.yaml").write_text("trainer:\n  mixed_precision: no\n  channels_last: off\noptim:\n  lr: 1e-3\n"
+                                     "resume: runs/x/checkpoints/step_00000010\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.trainer.mixed_precision == "no" and config.trainer.channels_last is False
+    assert config.optim.lr == 0.001 and config.resume == "runs/x/checkpoints/step_00000010"
 
 
 @pytest.mark.parametrize(
@@ -35,13 +51,17 @@ def test_overrides_are_typed_and_applied_in_order(tmp_path):
         ("loss.sec_momentum=2", "loss.sec_momentum must be null or in (0, 1]"),
         ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of no, bf16, fp16"),
         ("data=cifar10", "data must be a mapping"),
+        ("trainer.epochs=null", "trainer.epochs must be set (expected int)"),
+        ("augment.crop_scale=[0.5, 0.2]", "augment.crop_scale must be [low, high] with 0 < low <= high"),
+        ("model.backbone=vit", "model.backbone must be one of resnet18, resnet50, small_cnn; got 'vit'"),
+        ("data.name=mnist", "data.name must be one of cifar10, cifar100, fashion_mnist, npz, imagenet_folder"),
         ("epochs", "must look like key=value"),
     ],
 )
 def test_bad_values_name_the_key_and_the_choices(override, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, [override])
-    assert message in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_defaults_are_the_embedded_published_recipe():

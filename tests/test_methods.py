@@ -1,9 +1,14 @@
+"""The methods: their registry, their forward passes and the step hooks the trainer calls."""
+
+import inspect
+
 import pytest
 import torch
-from lightly.loss import NTXentLoss
 
+from sslsec.augment import MoCoV2Augment, SimCLRAugment
 from sslsec.config import load_config
-from sslsec.methods import MoCo, SimCLR, build_method, moco_momentum
+from sslsec.engine import trainer
+from sslsec.methods import METHODS, MoCo, SimCLR, build_method, build_projection_head
 
 
 def _config(method, *overrides):
@@ -37,13 +42,54 @@ def test_sync_batchnorm_is_available_to_every_method_under_several_processes(met
     assert sync_layers(build_method(_config(method), 1, distributed=True)) == 0
 
 
-def test_simclr_with_sec_off_is_exactly_plain_ntxent():
+def test_simclr_embeds_both_views_in_one_batch_norm_pass():
     torch.manual_seed(0)
     model = build_method(_config("simclr"), in_channels=1)
     v0, v1 = _views()
     out = model(v0, v1)
-    z0, z1 = model.head(model.backbone(torch.cat([v0, v1]))).chunk(2)
-    assert torch.equal(out.total, NTXentLoss(temperature=0.5)(z0, z1))
+    joint = model.head(model.backbone(torch.cat([v0, v1]))).chunk(2)
+    separate = model.head(model.backbone(v0)), model.head(model.backbone(v1))
+    assert torch.equal(out.total, model.criterion(*joint).total)
+    # BatchNorm in train mode: statistics over all 2N images differ from those of each view's N
+    assert not torch.allclose(out.total, model.criterion(*separate).total)
+
+
+def test_the_registry_ties_each_name_to_its_views_and_head():
+    assert list(METHODS) == ["simclr", "moco"]
+    assert (METHODS["simclr"].augment, METHODS["moco"].augment) == (SimCLRAugment, MoCoV2Augment)
+    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco"):
+        build_projection_head("byol", 8)
+
+
+def test_projection_heads_follow_the_methods():
+    simclr, moco = build_projection_head("simclr", 64, 32, 16), build_projection_head("moco", 64, 32, 16)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in simclr.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in moco.modules())
+    assert simclr(torch.randn(4, 64)).shape == moco(torch.randn(4, 64)).shape == (4, 16)
+
+
+def test_before_step_sets_the_sec_schedule_and_only_moco_moves_its_key_encoder():
+    simclr = build_method(_config("simclr", "loss.sec_schedule=linear"), in_channels=1)
+    before = {k: v.clone() for k, v in [*simclr.named_parameters(), *simclr.named_buffers()]}
+    simclr.before_step(0, 5)
+    assert simclr.criterion.weight_scale == 0.0
+    simclr.before_step(4, 5)
+    assert simclr.criterion.weight_scale == 1.0
+    assert all(torch.equal(before[k], v) for k, v in [*simclr.named_parameters(), *simclr.named_buffers()])
+
+    moco = build_method(_config("moco", "moco.momentum=0.9"), in_channels=1)
+    with torch.no_grad():
+        for p in moco.backbone.parameters():
+            p.add_(1.0)
+    keys_before = [p.clone() for p in moco.backbone_momentum.parameters()]
+    moco.before_step(3, 10)
+    assert moco.criterion.weight_scale == 1.0  # constant schedule
+    for k_old, q, k_new in zip(keys_before, moco.backbone.parameters(), moco.backbone_momentum.parameters()):
+        assert torch.allclose(k_new, 0.9 * k_old + 0.1 * q)
+
+
+def test_the_trainer_never_asks_for_the_method_by_name():
+    assert "config.method ==" not in inspect.getsource(trainer)
 
 
 def test_moco_queue_holds_the_normalized_keys_after_a_step():
@@ -86,8 +132,9 @@ def test_moco_sec_regularizes_only_the_queries():
 
 
 def test_cosine_momentum_schedule_goes_from_base_to_one():
-    config = _config("moco", "moco.momentum=0.99", "moco.cosine_momentum=true")
-    assert moco_momentum(config, 0, 100) == pytest.approx(0.99)
-    assert moco_momentum(config, 50, 100) == pytest.approx(0.995)
-    assert moco_momentum(config, 100, 100) == pytest.approx(1.0)
-    assert moco_momentum(_config("moco"), 50, 100) == 0.99
+    model = build_method(_config("moco", "moco.momentum=0.99", "moco.cosine_momentum=true"), in_channels=1)
+    assert model.momentum_at(0, 100) == pytest.approx(0.99)
+    assert model.momentum_at(50, 100) == pytest.approx(0.995)
+    assert model.momentum_at(100, 100) == pytest.approx(1.0)
+    assert model.momentum_at(25, 100) == pytest.approx(1 - 0.01 * (1 + 0.5 ** 0.5) / 2)  # the cosine, not a line
+    assert build_method(_config("moco"), in_channels=1).momentum_at(50, 100) == 0.99

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from sslsec.cli import study_main
 from sslsec.config import load_config
 from sslsec.config import LossConfig
-from sslsec.study import NORMS_FILE, StudyError, paper_sec_weight, run_study, summarize_study, variant_overrides
-from sslsec.train import pretrain
+from sslsec.analysis.study import (NORMS_FILE, StudyError, paper_sec_weight, run_study, summarize_study,
+                                   variant_overrides)
+from sslsec.engine import pretrain
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -33,7 +34,8 @@ def _overrides(npz_root, output_dir, *extra):
 def _study_cli(npz_root, output_dir):
     """Run ``sslsec-study`` with sec (weight 0.5) and l2 (weight 0.02), one seed; returns its stdout."""
     argv = ["--config", str(ROOT / "configs" / "simclr_fmnist.yaml"), "--variants", "sec,l2", "--seeds", "1",
-            "--sec-weight", "0.5", "--l2-weight", "0.02", "--diagnostics-n", "64", *_overrides(npz_root, output_dir)]
+            "loss.sec_weight=0.5", "loss.norm_penalty_weight=0.02", "--diagnostics-n", "64",
+            *_overrides(npz_root, output_dir)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         study_main(argv)
@@ -51,7 +53,7 @@ def _knn_rows(run_dir):
     return [[r["epoch"], r["knn_top1"]] for r in rows if "knn_top1" in r]
 
 
-def test_variants_take_weights_and_schedule_from_the_config_and_flags_override_them():
+def test_variants_take_weights_and_schedule_from_the_config_and_fall_back_without_them():
     base = ["loss.sec_weight=3", "loss.sec_momentum=0.5", "loss.norm_penalty_weight=2", "loss.sec_schedule=linear",
             "loss.temperature=0.2"]
     loss = load_config(None, base).loss
@@ -59,13 +61,15 @@ def test_variants_take_weights_and_schedule_from_the_config_and_flags_override_t
                    "sec_constant": (3.0, "constant", None, 0.0), "sec_linear": (3.0, "linear", None, 0.0),
                    "sec_paper": (0.35, "linear", None, 0.0), "sec_ema": (3.0, "linear", 0.5, 0.0),
                    "l2": (0.0, "linear", None, 2.0)}
-    flagged = {"sec": (0.7, "linear", None, 0.0), "sec_ema": (0.7, "linear", 0.2, 0.0), "l2": (0.0, "linear", None, 0.03)}
+    # loss.sec_momentum and loss.norm_penalty_weight unset: sec_ema falls back to 0.1, l2 to 0.01
+    fallback = {"sec": (0.7, "constant", None, 0.0), "sec_ema": (0.7, "constant", 0.1, 0.0),
+                "l2": (0.0, "constant", None, 0.01)}
     for name, expected in from_config.items():
         got = load_config(None, [*base, *variant_overrides(name, loss)]).loss
         assert (got.sec_weight, got.sec_schedule, got.sec_momentum, got.norm_penalty_weight) == pytest.approx(expected)
-    for name, expected in flagged.items():
-        got = load_config(None, [*base, *variant_overrides(name, loss, sec_weight=0.7, sec_momentum=0.2,
-                                                           l2_weight=0.03)]).loss
+    plain = load_config(None, ["loss.sec_weight=0.7"]).loss
+    for name, expected in fallback.items():
+        got = load_config(None, [*base, *variant_overrides(name, plain)]).loss
         assert (got.sec_weight, got.sec_schedule, got.sec_momentum, got.norm_penalty_weight) == pytest.approx(expected)
 
 
@@ -79,6 +83,7 @@ def test_sec_variants_without_a_weight_are_refused():
         variant_overrides("sec", LossConfig(sec_weight=0.0))
 
 
+@pytest.mark.slow
 def test_study_writes_the_table_json_and_plots(study):
     output_dir, printed = study
     rows = json.loads((output_dir / "study.json").read_text())
@@ -104,6 +109,7 @@ def test_study_writes_the_table_json_and_plots(study):
         assert (output_dir / name).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_a_second_invocation_reuses_the_finished_runs(npz_root, study):
     output_dir, _ = study
     watched = [output_dir / f"{name}_seed0" / file for name in ("sec", "l2")
@@ -116,6 +122,7 @@ def test_a_second_invocation_reuses_the_finished_runs(npz_root, study):
     assert json.loads((output_dir / "study.json").read_text()) == rows
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_resumed_and_other_settings_are_refused(npz_root, tmp_path):
     run_dir = tmp_path / "none_seed0"
     interrupted = [*_overrides(npz_root, run_dir), *variant_overrides("none", LossConfig()), "trainer.seed=0", "trainer.max_steps=3"]
@@ -173,12 +180,13 @@ def test_summary_shows_mean_and_sample_std_over_seeds():
 def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "scripts" / "study.py"),
-         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", "--sec-weight", "1.0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "scripts" / "study.py"),
+         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", "loss.sec_weight=1.0",
          *_overrides(npz_root, tmp_path)],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert process.returncode == 0, process.stderr[-3000:]
     [row] = json.loads((tmp_path / "study.json").read_text())
     assert row["variant"] == "sec_ema" and row["sec_momentum"] == 0.1 and row["sec_weight"] == 1.0
-    assert process.stdout.count("| sec_ema | 1 |") == 1  # the table is printed once, by the main process
+    assert process.stdout.count("| sec_ema | 1, EMA 0.1 | constant | 1 |") == 1  # printed once, by the main process
     assert row["knn_per_epoch"] == _knn_rows(tmp_path / "sec_ema_seed0")

@@ -31,11 +31,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from safetensors.torch import load_file, save_file
 
+from sslsec.analysis.diagnostics import matplotlib_figure, projection_samples, summarize
 from sslsec.config import Config, ConfigError, LossConfig, load_config, to_dict
-from sslsec.diagnostics import _figure_class, load_projection_head, projection_samples, summarize
-from sslsec.distributed import make_accelerator
-from sslsec.evaluate import evaluate_backbone, load_saved_backbone, load_splits
-from sslsec.train import build_augment, pretrain
+from sslsec.data import load_splits
+from sslsec.engine import make_accelerator, pretrain
+from sslsec.eval import evaluate_backbone
+from sslsec.methods import build_augment
+from sslsec.runs import RunPaths, load_projection_head, load_saved_backbone
 
 VARIANTS = ("none", "sec", "sec_constant", "sec_linear", "sec_paper", "sec_ema", "l2")
 DEFAULT_VARIANTS = ("none", "sec", "sec_ema", "l2")
@@ -58,12 +60,10 @@ def paper_sec_weight(temperature: float, eta: float = 1.0) -> float:
     return eta * PAPER_CONTRASTIVE_SCALE / temperature
 
 
-def variant_overrides(name: str, loss: LossConfig, *, sec_weight: Optional[float] = None,
-                      sec_momentum: Optional[float] = None, l2_weight: Optional[float] = None) -> List[str]:
+def variant_overrides(name: str, loss: LossConfig) -> List[str]:
     """The ``key=value`` loss settings of variant ``name`` on top of the base config's ``loss`` section.
 
-    Weights and schedule come from ``loss``; ``sec_weight``, ``sec_momentum`` and ``l2_weight`` override them.
-    Every loss key is set, so nothing of the base config leaks into a variant it does not belong to:
+    Weights and schedule come from ``loss`` (set them as ``loss.sec_weight=...`` overrides of the study). Every loss key is set, so nothing of the base config leaks into a variant it does not belong to:
 
     - ``none``: plain InfoNCE; ``sec``: SEC at the config's weight and schedule (batch-mean radius);
     - ``sec_constant`` / ``sec_linear``: ``sec`` with the schedule forced;
@@ -71,9 +71,9 @@ def variant_overrides(name: str, loss: LossConfig, *, sec_weight: Optional[float
     - ``sec_ema``: ``sec`` with the EMA radius (``loss.sec_momentum``, else 0.1);
     - ``l2``: the L2 penalty at ``loss.norm_penalty_weight`` (else 0.01) and the config's schedule.
     """
-    weight = loss.sec_weight if sec_weight is None else sec_weight
-    momentum = sec_momentum if sec_momentum is not None else loss.sec_momentum or DEFAULT_SEC_MOMENTUM
-    l2 = l2_weight if l2_weight is not None else loss.norm_penalty_weight or DEFAULT_L2_WEIGHT
+    weight = loss.sec_weight
+    momentum = loss.sec_momentum or DEFAULT_SEC_MOMENTUM
+    l2 = loss.norm_penalty_weight or DEFAULT_L2_WEIGHT
     schedule = loss.sec_schedule
     settings = {  # (sec_weight, sec_schedule, sec_momentum, norm_penalty_weight)
         "none": (0.0, schedule, None, 0.0),
@@ -88,15 +88,14 @@ def variant_overrides(name: str, loss: LossConfig, *, sec_weight: Optional[float
         raise StudyError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
     weight, schedule, momentum, penalty = settings[name]
     if name.startswith("sec") and weight == 0:
-        raise StudyError(f"variant {name} needs an SEC weight: the config has loss.sec_weight=0; set it or pass "
-                         "--sec-weight")
+        raise StudyError(f"variant {name} needs an SEC weight: the config has loss.sec_weight=0; set it, e.g. "
+                         "loss.sec_weight=1.0")
     return [f"loss.sec_weight={weight}", f"loss.sec_schedule={schedule}",
             f"loss.sec_momentum={'null' if momentum is None else momentum}", f"loss.norm_penalty_weight={penalty}"]
 
 
 def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], seeds: int,
-              overrides: Sequence[str] = (), *, sec_weight: Optional[float] = None,
-              sec_momentum: Optional[float] = None, l2_weight: Optional[float] = None, diagnostics_n: int = 1024,
+              overrides: Sequence[str] = (), *, diagnostics_n: int = 1024,
               log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into output_dir.
 
@@ -112,15 +111,14 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
                          f"{variants}, seeds={seeds}, diagnostics_n={diagnostics_n}")
     base = load_config(config_path, overrides)
     output_dir = Path(base.output_dir)
-    weights = dict(sec_weight=sec_weight, sec_momentum=sec_momentum, l2_weight=l2_weight)
     configs = {  # all built (and validated) before any work
         (variant, seed): load_config(config_path, [
-            *overrides, *variant_overrides(variant, base.loss, **weights), f"trainer.seed={seed}",
+            *overrides, *variant_overrides(variant, base.loss), f"trainer.seed={seed}",
             f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=true"])
         for variant in variants for seed in range(seeds)}
     for config in configs.values():
         _check_same_recipe(config, Path(config.output_dir))
-    _figure_class()  # a missing matplotlib fails here too
+    matplotlib_figure()  # a missing matplotlib fails here too
     accelerator = make_accelerator(mixed_precision=next(iter(configs.values())).trainer.mixed_precision)
     say = log if accelerator.is_main_process else (lambda message: None)
     rows, reused = [], []
@@ -146,16 +144,15 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
 
 
 def _next_step(run_dir: Path) -> str:
-    if (run_dir / "backbone.safetensors").is_file():
+    if RunPaths(run_dir).finished():
         return "evaluating"  # pretrained, but with no row for these eval settings
-    return "resuming" if (run_dir / "checkpoints" / "latest").is_file() else "training"
+    return "resuming" if RunPaths(run_dir).latest_checkpoint.is_file() else "training"
 
 
 def _check_same_recipe(config: Config, run_dir: Path) -> None:
     """Refuse to reuse or resume a run that was trained with other settings than the study asks for."""
-    saved = run_dir / "config.yaml"
-    started = (run_dir / "backbone.safetensors").is_file() or (run_dir / "checkpoints" / "latest").is_file()
-    if not (started and saved.is_file()):
+    saved = RunPaths(run_dir).config
+    if not (RunPaths(run_dir).started() and saved.is_file()):
         return
     before, now = dict(_flatten(to_dict(load_config(saved)))), dict(_flatten(to_dict(config)))
     for key, value in now.items():
@@ -175,7 +172,7 @@ def _flatten(values: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, An
 def _finished_row(config: Config, run_dir: Path) -> Optional[Dict[str, Any]]:
     """The saved row of a finished run evaluated with the same ``eval`` settings, else None."""
     path = run_dir / ROW_FILE
-    if not (path.is_file() and (run_dir / "backbone.safetensors").is_file() and (run_dir / NORMS_FILE).is_file()):
+    if not (path.is_file() and RunPaths(run_dir).finished() and (run_dir / NORMS_FILE).is_file()):
         return None
     row = json.loads(path.read_text())
     return row if row.get("eval") == dataclasses.asdict(config.eval) else None
@@ -184,11 +181,11 @@ def _finished_row(config: Config, run_dir: Path) -> Optional[Dict[str, Any]]:
 def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, accelerator) -> None:
     """Pretrain (or finish) one run, evaluate it, and (main process) write its norms and row."""
     start = time.perf_counter()
-    if not (run_dir / "backbone.safetensors").is_file():
+    if not RunPaths(run_dir).finished():
         pretrain(config)
-    if not (run_dir / "backbone.safetensors").is_file():  # trainer.max_steps stopped it early
+    if not RunPaths(run_dir).finished():  # trainer.max_steps stopped it early
         raise StudyError(f"{run_dir} stopped before its last epoch (trainer.max_steps); drop max_steps to finish it")
-    backbone = load_saved_backbone(run_dir / "backbone.safetensors")
+    backbone = load_saved_backbone(RunPaths(run_dir).backbone)
     train, val, test = load_splits(config)
     probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
                               val=val)
@@ -215,7 +212,7 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
 def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
     """``[[epoch, knn_top1], ...]`` from a run's ``metrics.jsonl``; after a resume the last row of an epoch wins."""
     by_epoch = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+    for line in RunPaths(run_dir).metrics.read_text().splitlines():
         row = json.loads(line)
         if "knn_top1" in row:
             by_epoch[row["epoch"]] = row["knn_top1"]
@@ -282,7 +279,7 @@ def _knn_curve(group: List[Dict[str, Any]]) -> Dict[int, List[float]]:
 def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
     """Write ``study_knn.png`` (kNN top-1 per epoch: mean line, min-max band over seeds) and ``study_norms.png``
     (projection-norm histograms of each variant's first seed, side by side) into ``output_dir``."""
-    Figure = _figure_class()
+    Figure = matplotlib_figure()
     output_dir = Path(output_dir)
     paths, groups = [output_dir / "study_knn.png", output_dir / "study_norms.png"], _by_variant(rows)
     figure = Figure(figsize=(5.5, 3.5), layout="constrained")

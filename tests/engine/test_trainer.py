@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from sslsec.config import ConfigError, load_config
 from sslsec.models import load_backbone
-from sslsec.train import TrainingError, pretrain
+from sslsec.engine import TrainingError, pretrain
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _overrides(npz_root, output_dir, *extra):
@@ -31,6 +31,7 @@ def _metrics(run_dir):
     return [r for r in rows if "total" in r], [r for r in rows if "knn_top1" in r]
 
 
+@pytest.mark.slow
 def test_simclr_run_logs_finite_decreasing_loss_and_writes_its_outputs(npz_root, tmp_path):
     run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=4",
                                                 "optim.lr=0.5", "loss.sec_weight=0.1")))
@@ -47,6 +48,7 @@ def test_simclr_run_logs_finite_decreasing_loss_and_writes_its_outputs(npz_root,
     assert "layers.0.weight" in load_file(run / "projection_head.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(npz_root, tmp_path, method):
     extra = [f"method={method}", "trainer.eval_every=0", "loss.sec_weight=0.5", "loss.sec_momentum=0.1"]
@@ -105,25 +107,14 @@ def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, 
         pretrain(config)
 
 
-def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--config", str(ROOT / "configs" / "simclr_fmnist.yaml"),
-         "loss.sec_wieght=1", f"output_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 2
-    assert "unknown key loss.sec_wieght" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco"])
-def test_accelerate_launch_with_two_cpu_processes(npz_root, tmp_path, method):
+def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # --standalone: the rendezvous store binds a free port itself (no port picked first and bound later).
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "scripts" / "pretrain.py"), *_overrides(npz_root, run, f"method={method}",
                                                             "trainer.checkpoint_every=0", "moco.queue_size=512")],
         capture_output=True, text=True, env=env, timeout=600,

@@ -1,28 +1,22 @@
-"""uint8 image data sets and the batch loader that shards them over processes.
+"""uint8 image data sets: the readers behind :func:`load_dataset`.
 
 Two kinds of data set share one interface (``classes``, ``num_classes``, ``channels``, ``image_size``,
 ``mean``, ``std``, ``name``, ``labels``, ``len()``, ``subset()``):
 
 - :class:`ImageArrays`: a whole data set in memory as one uint8 tensor (CIFAR-10/100, Fashion-MNIST, npz).
-- :class:`ImageFolderDataset`: an ImageNet-style JPEG folder, decoded batch by batch.
-
-:class:`BatchLoader` yields ``(images uint8 (B, C, H, W), labels int64 (B,))`` on the training device;
-augmentation (:mod:`sslsec.augment`) then runs on the whole batch there.
+- :class:`ImageFolderDataset`: an ImageNet-style JPEG folder (listed by torchvision's ``ImageFolder``),
+  decoded batch by batch.
 
 Example::
 
     train = load_dataset("cifar10", "data/cifar10", download=True)
-    loader = BatchLoader(train, 256, shuffle=True, drop_last=True, device="cuda")
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        for images, labels in loader: ...
+    images, labels = train.images, train.labels      # uint8 (N, 3, 32, 32), int64 (N,)
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import gzip
 import math
 import os
@@ -36,13 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.datasets import ImageFolder
 
-__all__ = [
-    "DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "BatchLoader", "load_dataset",
-    "stratified_first", "validation_split",
-]
+__all__ = ["DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset", "stratified_first"]
 
-DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "npz", "imagenet_folder")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -53,6 +44,7 @@ STATS = {  # per-channel mean and std of the training images, in [0, 1] units
     "imagenet_folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 _JPEG_SUFFIXES = (".jpeg", ".jpg")
+_LAYOUT = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
 
 
 class DatasetError(ValueError):
@@ -73,32 +65,6 @@ def stratified_first(labels: Tensor, k: int) -> Tensor:
     rank_in_class[order] = torch.arange(len(labels)) - starts[labels[order]]
     key = rank_in_class * len(counts) + labels
     return torch.sort(torch.argsort(key, stable=True)[:k]).values
-
-
-def validation_split(labels: Tensor, val_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Carve a class-balanced validation set out of a training split: ``(train_indices, val_indices)``.
-
-    Every class gives ``val_size // classes`` samples (the remainder goes to the first classes), drawn at
-    random with ``seed``, so the split is the same on every run and process. Both index lists are sorted and
-    disjoint, and together cover the split.
-    """
-    labels = torch.as_tensor(labels, dtype=torch.int64)
-    counts = torch.bincount(labels)
-    present = (counts > 0).nonzero().flatten()
-    if not 0 < val_size < len(labels):
-        raise DatasetError(f"data.val_size must be between 1 and {len(labels) - 1} (the training split has "
-                           f"{len(labels)} images), got {val_size}")
-    share = torch.full((len(present),), val_size // len(present), dtype=torch.int64)
-    share[: val_size % len(present)] += 1
-    if (share > counts[present]).any():
-        raise DatasetError(f"data.val_size={val_size} asks for more images per class than some classes have "
-                           f"(smallest class: {int(counts[present].min())})")
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    val = [order[labels[order] == cls][:take] for cls, take in zip(present.tolist(), share.tolist())]
-    val_indices = torch.sort(torch.cat(val)).values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[val_indices] = False
-    return keep.nonzero().flatten(), val_indices
 
 
 @dataclass
@@ -165,28 +131,23 @@ class ImageFolderDataset:
 
     def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 224,
                  class_list: str | os.PathLike | list[str] | None = None, name: str = "imagenet_folder") -> None:
-        folder = Path(root) / {"train": "train", "test": "val"}[split]
-        layout = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
-        if not folder.is_dir():
-            raise DatasetError(f"image folder {folder} not found; expected the layout {layout}")
-        classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
-        if class_list is not None:
-            wanted = _read_class_list(class_list)
-            missing = sorted(set(wanted) - set(classes))
-            if missing:
-                raise DatasetError(f"{len(missing)} classes of the class list are not folders in {folder}: "
-                                   f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-            classes = sorted(set(wanted))
-        paths, labels = [], []
-        for label, class_name in enumerate(classes):
-            files = sorted(p for p in (folder / class_name).iterdir() if p.suffix.lower() in _JPEG_SUFFIXES)
-            paths += [str(p) for p in files]
-            labels += [label] * len(files)
-        if not paths:
-            raise DatasetError(f"no .JPEG/.jpg files under {folder}; expected the layout {layout}")
+        folder = _split_folder(root, split)
+        # One class list for every split (the training split's, or class_list), so a label means one class.
+        classes = _read_class_list(class_list) if class_list is not None else _class_folders(_split_folder(root, "train"))
+        found = _class_folders(folder)
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        if missing:
+            raise DatasetError(f"{len(missing)} classes are not folders in {folder}: {_some(missing)}; every split "
+                               f"needs a folder for each class of the {'class list' if class_list else 'training split'}")
+        if extra and class_list is None:
+            raise DatasetError(f"{folder} has {len(extra)} class folders the training split lacks: {_some(extra)}; "
+                               "remove them, or pick the classes with data.class_list")
+        samples = _ClassListFolder(str(folder), classes).samples
+        if not samples:
+            raise DatasetError(f"no .JPEG/.jpg files under {folder}; expected the layout {_LAYOUT}")
         self.root, self.split, self.image_size, self.name = Path(root), split, int(image_size), name
-        self.classes, self.paths = classes, paths
-        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.classes, self.paths = classes, [path for path, _ in samples]
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -231,6 +192,36 @@ class ImageFolderDataset:
         return image, int(self.labels[index])
 
 
+class _ClassListFolder(ImageFolder):
+    """torchvision's ``ImageFolder`` listing of ``root/<class>/*.JPEG`` for a given, sorted class list."""
+
+    def __init__(self, root: str, classes: list[str]) -> None:
+        self._classes = classes
+        super().__init__(root, is_valid_file=_is_jpeg, allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._classes, {name: index for index, name in enumerate(self._classes)}
+
+
+def _is_jpeg(path: str) -> bool:
+    return path.lower().endswith(_JPEG_SUFFIXES)
+
+
+def _split_folder(root: str | os.PathLike, split: str) -> Path:
+    folder = Path(root) / {"train": "train", "test": "val"}[split]
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} not found; expected the layout {_LAYOUT}")
+    return folder
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+
+
+def _some(names: list[str]) -> str:
+    return f"{names[:5]}{' ...' if len(names) > 5 else ''}"
+
+
 @contextlib.contextmanager
 def _torchvision_io() -> Iterator[None]:
     """Silence the DeprecationWarning torchvision 0.29 raises on every call of its image codecs."""
@@ -241,11 +232,11 @@ def _torchvision_io() -> Iterator[None]:
 
 def _read_class_list(class_list: str | os.PathLike | list[str]) -> list[str]:
     if isinstance(class_list, (list, tuple)):
-        return [str(name) for name in class_list]
+        return sorted({str(name) for name in class_list})
     path = Path(class_list)
     if not path.is_file():
         raise DatasetError(f"class list {path} not found; it is a text file with one class folder name per line")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return sorted({line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")})
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", *,
@@ -394,132 +385,4 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
-
-
-class BatchLoader:
-    """Batches of one process's shard of a data set, as uint8 images and int64 labels on ``device``.
-
-    Sharding rule (every process computes the same global order, no communication): for epoch ``e`` the order
-    is ``torch.randperm(N, generator seeded with seed + e)`` if ``shuffle`` else ``arange(N)``; global batch
-    ``b`` is ``order[b*B*W:(b+1)*B*W]`` with ``B = batch_size`` (per process) and ``W = world_size``; rank ``r``
-    takes chunk ``r`` of ``torch.tensor_split(global_batch, W)``. With ``drop_last`` an incomplete global batch
-    is dropped; without it the ranks together see every sample exactly once per epoch (a rank's last batch may
-    then be smaller, even empty ``(0, C, H, W)``, so that every rank yields ``len(loader)`` batches and
-    collective ops stay in step).
-
-    In-memory data (:class:`ImageArrays`) is moved to ``device`` once and batches are cut there by index:
-    no DataLoader, no workers. Folder data (:class:`ImageFolderDataset`) goes through a torch DataLoader with
-    ``num_workers`` workers (default ``min(8, cpu count)``) fed the same index lists; on CUDA the workers only
-    read bytes and JPEGs are decoded on the GPU (nvJPEG), on CPU the workers decode (``decode_on_device``
-    overrides this choice).
-
-    Resume: ``set_epoch(epoch, start_batch=k)`` makes the next iteration yield batches ``k, k+1, ...`` of
-    ``epoch``, exactly those an uninterrupted run would have yielded.
-
-    Shapes:
-        yields ``images`` uint8 ``(B, C, H, W)`` and ``labels`` int64 ``(B,)``, both on ``device``.
-    """
-
-    def __init__(self, dataset: ImageArrays | ImageFolderDataset, batch_size: int, *, shuffle: bool,
-                 drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", num_workers: int | None = None,
-                 decode_on_device: bool | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.device = torch.device(device)
-        self.epoch, self.start_batch = 0, 0
-        if isinstance(dataset, ImageArrays):
-            self._images = _to_device(dataset.images, self.device)
-            self._labels = _to_device(dataset.labels, self.device)
-        else:
-            workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-            on_device = self.device.type == "cuda" if decode_on_device is None else decode_on_device
-            self._folder_loader = _folder_loader(dataset, self, workers, self.device, not on_device)
-
-    def __len__(self) -> int:
-        """Batches per epoch (for every rank)."""
-        global_batch = self.batch_size * self.world_size
-        return len(self.dataset) // global_batch if self.drop_last else math.ceil(len(self.dataset) / global_batch)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Iterate epoch ``epoch`` next, starting at batch ``start_batch`` (to resume mid-epoch)."""
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def shard_indices(self, epoch: int) -> list[Tensor]:
-        """This rank's sample indices for every batch of ``epoch`` (the sharding rule above)."""
-        n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        else:
-            order = torch.arange(n)
-        global_batch = self.batch_size * self.world_size
-        return [torch.tensor_split(order[b * global_batch:(b + 1) * global_batch], self.world_size)[self.rank]
-                for b in range(len(self))]
-
-    def __iter__(self):
-        if isinstance(self.dataset, ImageArrays):
-            for indices in self.shard_indices(self.epoch)[self.start_batch:]:
-                indices = indices.to(self.device, non_blocking=True)
-                yield self._images[indices], self._labels[indices]
-            return
-        for images, labels in self._folder_loader:
-            if isinstance(images, list):  # encoded JPEG bytes: decode on the device
-                images = self.dataset.decode(images, self.device)
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-
-def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-class _ShardBatches:
-    """The batch sampler of a folder DataLoader: the loader's current epoch, from its start batch."""
-
-    def __init__(self, loader: BatchLoader) -> None:
-        self.loader = loader
-
-    def __iter__(self):
-        for indices in self.loader.shard_indices(self.loader.epoch)[self.loader.start_batch:]:
-            yield indices.tolist()
-
-    def __len__(self) -> int:
-        return len(self.loader) - self.loader.start_batch
-
-
-class _FolderItems(torch.utils.data.Dataset):
-    """Worker-side view of a folder: decoded images on CPU, or encoded bytes for GPU decoding."""
-
-    def __init__(self, folder: ImageFolderDataset, decode: bool) -> None:
-        self.folder, self.decode = folder, decode
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.folder[index] if self.decode else (self.folder.read_encoded(index), int(self.folder.labels[index]))
-
-
-def _collate(items: list[tuple[Tensor, int]], decode: bool, image_size: int):
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
-    if not decode:
-        return [image for image, _ in items], labels
-    if not items:
-        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), labels
-    return torch.stack([image for image, _ in items]), labels
-
-
-def _folder_loader(folder: ImageFolderDataset, loader: BatchLoader, workers: int, device: torch.device,
-                   decode_in_workers: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        _FolderItems(folder, decode_in_workers), batch_sampler=_ShardBatches(loader), num_workers=workers,
-        collate_fn=functools.partial(_collate, decode=decode_in_workers, image_size=folder.image_size),
-        # Not persistent: workers forked later (by another loader) would inherit a live iterator and trip on it.
-        pin_memory=device.type == "cuda")
+DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder")  # the one list of data-set names (config reads it)

@@ -24,14 +24,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from sslsec.augment import PRESETS, MultiView
-from sslsec.config import Config
-from sslsec.data import BatchLoader
-from sslsec.evaluate import EvaluationError, check_compatible, load_run, load_split
-from sslsec.models import build_projection_head
+from sslsec.augment import MultiView
+from sslsec.data import BatchLoader, load_split
+from sslsec.eval.features import EvaluationError, check_compatible
+from sslsec.methods import build_augment
+from sslsec.runs import load_projection_head, load_run
 
 HISTOGRAMS = {"norms": "projection_norms.png", "cosines": "pair_cosines.png"}
 
@@ -62,7 +61,7 @@ def projection_samples(backbone: nn.Module, head: nn.Module, dataset: Any, augme
             z0, z1 = (head(backbone(view)).float() for view in views(images, seed=seed * 1_000_003 + step))
             cosines = F.normalize(z0, dim=1) @ F.normalize(z1, dim=1).T
             different = ~torch.eye(len(images), dtype=torch.bool, device=device)
-            norms += [z0.norm(dim=1).cpu(), z1.norm(dim=1).cpu()]
+            norms += [torch.linalg.vector_norm(z, dim=1).cpu() for z in (z0, z1)]
             positives.append(cosines.diagonal().cpu())
             negatives.append(cosines[different].cpu())
             taken += len(images)
@@ -101,7 +100,7 @@ def norm_diagnostics(backbone: nn.Module, head: nn.Module, dataset: Any, augment
 
 def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], title: str = "") -> List[Path]:
     """Write ``projection_norms.png`` and ``pair_cosines.png`` (positive vs negative pairs) into ``directory``."""
-    Figure = _figure_class()
+    Figure = matplotlib_figure()
     directory = Path(directory)
     paths = [directory / HISTOGRAMS["norms"], directory / HISTOGRAMS["cosines"]]
     figure = Figure(figsize=(5, 3.5), layout="constrained")
@@ -123,7 +122,8 @@ def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], tit
     return paths
 
 
-def _figure_class() -> Any:
+def matplotlib_figure() -> Any:
+    """matplotlib's ``Figure`` class, or an :class:`EvaluationError` that says how to install it."""
     # pyplot is never imported: a bare Figure renders PNGs with Agg and leaves the user's backend alone.
     try:
         from matplotlib.figure import Figure
@@ -132,28 +132,19 @@ def _figure_class() -> Any:
     return Figure
 
 
-def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
-    """The trained projection head of a pretraining run (``projection_head.safetensors``)."""
-    path = Path(run_dir) / "projection_head.safetensors"
-    if not path.is_file():
-        raise EvaluationError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")
-    head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,
-                                 config.model.projection_dim)
-    head.load_state_dict(load_file(str(path)))
-    return head
-
-
-def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n: int = 1024, seed: int = 0,
+def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n: int = 1024,
                  device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
-    """Norm diagnostics of a pretraining run on its test split; writes the PNGs and ``diagnostics.json`` there."""
-    _figure_class()  # fail before the work, not after it
+    """Norm diagnostics of a pretraining run on its test split, through the run's own view recipe (the method's
+    preset with its ``augment`` section); ``trainer.seed`` picks the images and the views. Writes the PNGs and
+    ``diagnostics.json`` into the run directory."""
+    matplotlib_figure()  # fail before the work, not after it
     config, backbone = load_run(run_dir, overrides)
+    seed = config.trainer.seed
     head = load_projection_head(run_dir, config, backbone.feature_dim)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, head = backbone.to(device), head.to(device)
     test = load_split(config, "test")
-    augment = PRESETS[config.method](config.data.crop_size or test.image_size, test.mean, test.std)
-    samples = projection_samples(backbone, head, test, augment, n, seed=seed)
+    samples = projection_samples(backbone, head, test, build_augment(config, test), n, seed=seed)
     result = {"method": config.method, "dataset": test.name, "sec_weight": config.loss.sec_weight,
               "seed": seed, **summarize(samples)}
     paths = save_histograms(samples, run_dir, title=f"({config.method}, {test.name})")

@@ -1,0 +1,1 @@
+"""Analysis of finished runs: norm and cosine diagnostics (:mod:`.diagnostics`) and the SEC study (:mod:`.study`)."""

@@ -1,0 +1,157 @@
+"""The batch loader: one process's shard of a data set, as uint8 batches cut on the training device.
+
+In-memory data is moved to the device once and batches are cut there by index (airbench's data path); folder
+data goes through DataLoader workers. :class:`BatchLoader` yields ``(images uint8 (B, C, H, W), labels int64
+(B,))``; augmentation (:mod:`sslsec.augment`) then runs on the whole batch there.
+
+Example::
+
+    train = load_dataset("cifar10", "data/cifar10", download=True)
+    loader = BatchLoader(train, 256, shuffle=True, drop_last=True, device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader: ...
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from sslsec.data.datasets import ImageArrays, ImageFolderDataset
+
+__all__ = ["BatchLoader"]
+
+
+class BatchLoader:
+    """Batches of one process's shard of a data set, as uint8 images and int64 labels on ``device``.
+
+    Sharding rule (every process computes the same global order, no communication): for epoch ``e`` the order
+    is ``torch.randperm(N, generator seeded with seed + e)`` if ``shuffle`` else ``arange(N)``; global batch
+    ``b`` is ``order[b*B*W:(b+1)*B*W]`` with ``B = batch_size`` (per process) and ``W = world_size``; rank ``r``
+    takes chunk ``r`` of ``torch.tensor_split(global_batch, W)``. With ``drop_last`` an incomplete global batch
+    is dropped; without it the ranks together see every sample exactly once per epoch (a rank's last batch may
+    then be smaller, even empty ``(0, C, H, W)``, so that every rank yields ``len(loader)`` batches and
+    collective ops stay in step).
+
+    In-memory data (:class:`ImageArrays`) is moved to ``device`` once and batches are cut there by index:
+    no DataLoader, no workers. Folder data (:class:`ImageFolderDataset`) goes through a torch DataLoader with
+    ``num_workers`` workers (default ``min(8, cpu count)``) fed the same index lists; on CUDA the workers only
+    read bytes and JPEGs are decoded on the GPU (nvJPEG), on CPU the workers decode (``decode_on_device``
+    overrides this choice).
+
+    Resume: ``set_epoch(epoch, start_batch=k)`` makes the next iteration yield batches ``k, k+1, ...`` of
+    ``epoch``, exactly those an uninterrupted run would have yielded.
+
+    Shapes:
+        yields ``images`` uint8 ``(B, C, H, W)`` and ``labels`` int64 ``(B,)``, both on ``device``.
+    """
+
+    def __init__(self, dataset: ImageArrays | ImageFolderDataset, batch_size: int, *, shuffle: bool,
+                 drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", num_workers: int | None = None,
+                 decode_on_device: bool | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self.epoch, self.start_batch = 0, 0
+        if isinstance(dataset, ImageArrays):
+            self._images = _to_device(dataset.images, self.device)
+            self._labels = _to_device(dataset.labels, self.device)
+        else:
+            workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+            on_device = self.device.type == "cuda" if decode_on_device is None else decode_on_device
+            self._folder_loader = _folder_loader(dataset, self, workers, self.device, not on_device)
+
+    def __len__(self) -> int:
+        """Batches per epoch (for every rank)."""
+        global_batch = self.batch_size * self.world_size
+        return len(self.dataset) // global_batch if self.drop_last else math.ceil(len(self.dataset) / global_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, starting at batch ``start_batch`` (to resume mid-epoch)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def shard_indices(self, epoch: int) -> list[Tensor]:
+        """This rank's sample indices for every batch of ``epoch`` (the sharding rule above)."""
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        global_batch = self.batch_size * self.world_size
+        return [torch.tensor_split(order[b * global_batch:(b + 1) * global_batch], self.world_size)[self.rank]
+                for b in range(len(self))]
+
+    def __iter__(self):
+        if isinstance(self.dataset, ImageArrays):
+            for indices in self.shard_indices(self.epoch)[self.start_batch:]:
+                indices = indices.to(self.device, non_blocking=True)
+                yield self._images[indices], self._labels[indices]
+            return
+        for images, labels in self._folder_loader:
+            if isinstance(images, list):  # encoded JPEG bytes: decode on the device
+                images = self.dataset.decode(images, self.device)
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+class _ShardBatches:
+    """The batch sampler of a folder DataLoader: the loader's current epoch, from its start batch."""
+
+    def __init__(self, loader: BatchLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        for indices in self.loader.shard_indices(self.loader.epoch)[self.loader.start_batch:]:
+            yield indices.tolist()
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.loader.start_batch
+
+
+class _FolderItems(torch.utils.data.Dataset):
+    """Worker-side view of a folder: decoded images on CPU, or encoded bytes for GPU decoding."""
+
+    def __init__(self, folder: ImageFolderDataset, decode: bool) -> None:
+        self.folder, self.decode = folder, decode
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.folder[index] if self.decode else (self.folder.read_encoded(index), int(self.folder.labels[index]))
+
+
+def _collate(items: list[tuple[Tensor, int]], decode: bool, image_size: int):
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    if not decode:
+        return [image for image, _ in items], labels
+    if not items:
+        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), labels
+    return torch.stack([image for image, _ in items]), labels
+
+
+def _folder_loader(folder: ImageFolderDataset, loader: BatchLoader, workers: int, device: torch.device,
+                   decode_in_workers: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        _FolderItems(folder, decode_in_workers), batch_sampler=_ShardBatches(loader), num_workers=workers,
+        collate_fn=functools.partial(_collate, decode=decode_in_workers, image_size=folder.image_size),
+        # Not persistent: workers forked later (by another loader) would inherit a live iterator and trip on it.
+        pin_memory=device.type == "cuda")
+

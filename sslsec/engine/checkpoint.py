@@ -1,0 +1,100 @@
+"""Checkpoints of a pretraining run: where it stands (:class:`Progress`) and atomic ``save_state`` directories."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Optional
+
+from accelerate import Accelerator
+
+from sslsec.runs import RunPaths
+
+if TYPE_CHECKING:
+    from sslsec.config import Config
+
+KEEP_CHECKPOINTS = 2
+
+
+class TrainingError(RuntimeError):
+    """Pretraining cannot go on (a diverged loss, a run directory that is not resumable)."""
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands; checkpointed with the model so that a resume continues exactly."""
+
+    epoch: int = 0  # current epoch
+    batch: int = 0  # micro-batches of the current epoch already consumed
+    step: int = 0  # optimizer steps taken
+    seconds: float = 0.0  # wall-clock training time before this process started (earlier invocations)
+
+    def state_dict(self) -> Dict[str, float]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Dict[str, float]) -> None:
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.seconds = state.get("seconds", 0.0)
+
+
+class Checkpoints:
+    """``output_dir/checkpoints/step_XXXXXXXX`` directories, written atomically.
+
+    ``save_state`` writes into a temporary directory that is renamed into place only when
+    complete; the ``latest`` file is then replaced atomically. A killed run therefore never
+    leaves a half-written checkpoint as the latest.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
+        self.accelerator = accelerator
+        self.paths = RunPaths(output_dir)
+        self.root = self.paths.checkpoints
+
+    def latest(self) -> Optional[Path]:
+        pointer = self.paths.latest_checkpoint
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        return path if path.is_dir() else None
+
+    def save(self, step: int) -> Path:
+        accelerator = self.accelerator
+        final = self.root / f"step_{step:08d}"
+        partial = self.root / f".partial_step_{step:08d}"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        # safetensors cannot hold the queue's extra state, so the model is pickled.
+        accelerator.save_state(str(partial), safe_serialization=False)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            pointer = self.root / ".latest.tmp"
+            pointer.write_text(final.name)
+            os.replace(pointer, self.paths.latest_checkpoint)
+            for old in sorted(self.root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+
+def resume_path(config: Config, checkpoints: Checkpoints) -> Optional[Path]:
+    """The checkpoint that ``config.resume`` asks for: None for a fresh run; refuses to overwrite a run."""
+    if config.resume is False:
+        if checkpoints.latest() is not None:
+            raise TrainingError(
+                f"{config.output_dir} already holds a run; pass resume=true to continue it, "
+                "or choose another output_dir"
+            )
+        return None
+    if config.resume is True:
+        return checkpoints.latest()
+    path = Path(config.resume)
+    if not path.is_dir():
+        raise TrainingError(f"resume={config.resume}: no checkpoint directory there")
+    return path
+

@@ -1,0 +1,68 @@
+"""Training metrics: windowed step averages into ``metrics.jsonl`` and accelerate's trackers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from accelerate import Accelerator
+
+
+class MetricsLog:
+    """Averages step metrics over a window and writes them to metrics.jsonl and the trackers."""
+
+    def __init__(self, accelerator: Accelerator, path: Path, seconds_before: float = 0.0) -> None:
+        self.accelerator, self.path = accelerator, path
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.images = 0
+        self.run_started = time.perf_counter() - seconds_before
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training so far, earlier invocations of a resumed run included."""
+        return time.perf_counter() - self.run_started
+
+    def add(self, values: Dict[str, torch.Tensor], images: int) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.count += 1
+        self.images += images
+
+    def flush(self, step: int, epoch: int, **values: float) -> Dict[str, float]:
+        """Reduce the window over processes and write it with ``values`` (lr, ...); returns the logged row."""
+        keys = sorted(self.sums)
+        means = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
+        means = self.accelerator.reduce(means, reduction="mean")
+        elapsed = time.perf_counter() - self.started
+        row = {"step": step, "epoch": epoch, **dict(zip(keys, means.tolist())), **values,
+               "time": round(self.elapsed(), 3),
+               "images_per_s": self.images * self.accelerator.num_processes / max(elapsed, 1e-9)}
+        self.write(row, step)
+        self.sums, self.count, self.images, self.started = {}, 0, 0, time.perf_counter()
+        return row
+
+    def write(self, row: Dict[str, float], step: int) -> None:
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=step)
+
+
+def trackers() -> Optional[List[str]]:
+    """TensorBoard through accelerate's trackers when it is installed (the ``tensorboard`` extra)."""
+    # None, not []: accelerate warns that "log_with=[]" names no supported tracker.
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
+
+
+def finish_trackers(accelerator: Accelerator) -> None:
+    """End the trackers, but not the process group."""
+    # Not accelerator.end_training(): it also ends the process group, which a linear probe
+    # run right after pretraining (sslsec-pretrain --probe) still needs.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+

@@ -1,0 +1,51 @@
+"""The evaluation protocol of a run: the linear probe and kNN with the config's ``eval`` section, beside the
+random-init baseline every SSL number should be read against."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from sslsec.eval.features import device_of, extractor
+from sslsec.eval.knn import knn_on_features
+from sslsec.eval.linear import linear_probe
+from sslsec.models import build_backbone
+
+if TYPE_CHECKING:
+    from sslsec.config import Config, EvalConfig
+
+
+def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: EvalConfig, *,
+                      accelerator: Optional[Accelerator] = None, seed: int = 0, val: Any = None) -> Dict[str, Any]:
+    """The linear probe and kNN with the ``eval`` section of a config, extracting the features once.
+
+    With a validation split ``val`` the same probe and kNN bank are also scored on it (``val_top1``,
+    ``val_top5``, ``val_knn_top1``): choose settings by those, report ``top1``/``knn_top1`` (test).
+    """
+    extract = extractor(backbone, accelerator, 512)
+    features = extract(train), extract(test)
+    val_features = extract(val) if val is not None else None
+    result = linear_probe(backbone, train, test, epochs=settings.probe_epochs, batch_size=settings.probe_batch_size,
+                          lr=settings.probe_lr, weight_decay=settings.probe_weight_decay,
+                          augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features,
+                          val_features=val_features, schedule=settings.probe_schedule,
+                          standardize=settings.probe_standardize)
+    knn = functools.partial(knn_on_features, features[0], num_classes=train.num_classes, k=settings.knn_k,
+                            temperature=settings.knn_temperature, device=device_of(backbone, accelerator))
+    result["knn_top1"] = knn(features[1])
+    if val_features is not None:
+        result["val_knn_top1"] = knn(val_features)
+        result["val_size"] = len(val)
+    return {**result, "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature}
+
+
+def random_backbone(config: Config, in_channels: int) -> nn.Module:
+    """The untrained ``config.model`` backbone, initialized from ``trainer.seed``: the baseline for every SSL number."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.trainer.seed)
+        return build_backbone(config.model.backbone, in_channels, config.model.cifar_stem)
+

@@ -1,0 +1,54 @@
+"""Methods: SimCLR and MoCo v2, each a module with its hooks, and the one registry of their names.
+
+:data:`METHODS` maps a method's name to its class; config validation, the view presets (``Method.augment``)
+and the projection heads (``Method.projection_head``) are all looked up here::
+
+    model = build_method(config, in_channels=3)          # METHODS[config.method].from_config(...)
+    views = build_augment(config, train)                  # the method's preset with the augment section
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, Type
+
+from torch import nn
+
+from sslsec.augment import ContrastiveAugment
+from sslsec.methods.base import Method
+from sslsec.methods.moco import MoCo
+from sslsec.methods.simclr import SimCLR
+
+if TYPE_CHECKING:
+    from sslsec.config import Config
+
+METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo}
+
+__all__ = ["METHODS", "Method", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
+           "method_class"]
+
+
+def method_class(name: str) -> Type[Method]:
+    """The class registered as ``name``; a ``ValueError`` naming the choices otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(config: Config, in_channels: int, distributed: bool = False) -> nn.Module:
+    """The SimCLR or MoCo module that ``config`` describes, for images of ``in_channels``."""
+    return method_class(config.method).from_config(config, in_channels, distributed)
+
+
+def build_projection_head(method: str, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128) -> nn.Module:
+    """lightly's head for ``method``: SimCLR (2 layers, BN) or MoCo v2 (2 layers, no BN)."""
+    return method_class(method).projection_head(input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
+
+
+def build_augment(config: Config, dataset: Any, **kwargs: Any) -> ContrastiveAugment:
+    """The method's view preset with the ``augment`` section, at ``data.crop_size`` (default: the image size)."""
+    recipe = dataclasses.asdict(config.augment)
+    if recipe["crop_scale"] is None:
+        del recipe["crop_scale"]  # the method's published crop scale
+    size = config.data.crop_size or dataset.image_size
+    return method_class(config.method).augment(size, dataset.mean, dataset.std, **recipe, **kwargs)

@@ -1,0 +1,78 @@
+"""What every method shares: a backbone, a projection head, the SEC loss, and the hooks the trainer calls.
+
+A method is an ``nn.Module`` that maps two views to a :class:`~sslsec.losses.SECLossOutput`. It declares its
+published view recipe (``augment``) and projection head (``projection_head``) as class attributes, so the
+method registry (:data:`sslsec.methods.METHODS`) is the one place that ties a method's name to them. The
+trainer only calls :meth:`Method.before_step`; it never asks which method it runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Sequence, Type, Union
+
+from torch import Tensor, nn
+
+from sslsec.augment import ContrastiveAugment
+from sslsec.losses import SECInfoNCE, SECLossOutput, scheduled_weight
+from sslsec.models import build_backbone
+
+if TYPE_CHECKING:
+    from sslsec.config import Config
+
+
+class Method(nn.Module):
+    """Backbone, projection head and :class:`SECInfoNCE`; subclasses define ``forward(view0, view1)``.
+
+    Args:
+        sec_schedule: ``"constant"`` or ``"linear"``: how :meth:`before_step` scales the regularizer weights.
+    """
+
+    augment: ClassVar[Type[ContrastiveAugment]]  # the published view recipe
+    projection_head: ClassVar[Type[nn.Module]]  # lightly's head: (N, F) -> (N, D)
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, criterion: SECInfoNCE,
+                 sec_schedule: str = "constant") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.criterion = criterion
+        self.sec_schedule = sec_schedule
+
+    def before_step(self, step: int, total_steps: int) -> None:
+        """Called before optimizer step ``step`` (0-based) of ``total_steps``: sets the SEC schedule's factor."""
+        self.criterion.weight_scale = scheduled_weight(1.0, self.sec_schedule, step, total_steps)
+
+    def forward(self, view0: Tensor, view1: Tensor) -> SECLossOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def memory_bank_size(cls, config: Config) -> Union[int, Sequence[int]]:
+        """The loss's queue of negatives: none by default."""
+        return 0
+
+    @classmethod
+    def options(cls, config: Config) -> Dict[str, Any]:
+        """Keyword arguments of the method's own constructor, read from its config section."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Config, in_channels: int, distributed: bool = False) -> Method:
+        """The method that ``config`` describes, for images of ``in_channels``."""
+        backbone = build_backbone(config.model.backbone, in_channels, config.model.cifar_stem)
+        head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
+                                   output_dim=config.model.projection_dim)
+        loss = config.loss
+        criterion = SECInfoNCE(
+            temperature=loss.temperature, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
+            norm_penalty_weight=loss.norm_penalty_weight, memory_bank_size=cls.memory_bank_size(config),
+            gather_distributed=distributed,
+        )
+        model = cls(backbone, head, criterion, sec_schedule=loss.sec_schedule, **cls.options(config))
+        if distributed and cls.sync_batchnorm(config):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    @classmethod
+    def sync_batchnorm(cls, config: Config) -> bool:
+        """Whether BatchNorm statistics are taken over all processes (``model.sync_batchnorm``)."""
+        return config.model.sync_batchnorm
