@@ -46,7 +46,7 @@ class NonFiniteError(ValueError):
     """Embeddings hold NaN or Inf (a diverged model, or bad input)."""
 
 
-def _check_embeddings(z: Tensor, name: str = "z") -> None:
+def _check_embeddings(z: Tensor, name: str = "z", finite: bool = True) -> None:
     if not isinstance(z, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
     if z.dim() != 2:
@@ -56,7 +56,7 @@ def _check_embeddings(z: Tensor, name: str = "z") -> None:
         )
     if z.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
-    if not torch.isfinite(z).all():
+    if finite and not torch.isfinite(z).all():  # a host synchronisation: trainers check once per interval instead
         raise NonFiniteError(f"{name} contains NaN or Inf values")
 
 
@@ -123,13 +123,12 @@ class SphericalEmbeddingConstraint(nn.Module):
         """The radius ``mu`` for this step, given the (global) batch-mean norm; detached."""
         if self.momentum is None:
             return batch_mean
-        if self.training:
-            if self.num_updates == 0:
-                self.mu.copy_(batch_mean)
-            else:
-                self.mu.lerp_(batch_mean.to(self.mu.dtype), self.momentum)
+        batch_mean = batch_mean.to(self.mu.dtype)
+        if self.training:  # torch.where, not `if`: no host synchronisation in the training loop
+            moved = torch.lerp(self.mu, batch_mean, self.momentum)
+            self.mu.copy_(torch.where(self.num_updates == 0, batch_mean, moved))
             self.num_updates += 1
-        return self.mu.clone() if self.num_updates > 0 else batch_mean
+        return torch.where(self.num_updates > 0, self.mu, batch_mean)
 
     def penalty(self, norms: Tensor, batch_mean: Tensor) -> Tensor:
         """``mean_i (norms_i - mu)^2`` for precomputed norms (N,) and their global mean."""
@@ -220,10 +219,13 @@ class SECInfoNCE(nn.Module):
         )
         self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
         self.weight_scale = 1.0
+        # Raise NonFiniteError on NaN/Inf input. A trainer that checks the loss itself turns this off: the
+        # check reads a value back from the device at every step.
+        self.check_finite = True
 
     def forward(self, z0: Tensor, z1: Tensor) -> SECLossOutput:
-        _check_embeddings(z0, "z0")
-        _check_embeddings(z1, "z1")
+        _check_embeddings(z0, "z0", self.check_finite)
+        _check_embeddings(z1, "z1", self.check_finite)
         if z0.shape != z1.shape:
             raise ValueError(
                 f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}"

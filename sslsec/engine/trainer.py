@@ -28,12 +28,12 @@ from sslsec.engine.accelerator import make_accelerator
 from sslsec.engine.checkpoint import Checkpoints, Progress, TrainingError, resume_path
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.eval.knn import knn_accuracy
-from sslsec.losses import NonFiniteError
+from sslsec.losses import SECLossOutput
 from sslsec.methods import build_augment, build_method
 from sslsec.models import save_backbone, save_module
 from sslsec.runs import RunPaths
 
-__all__ = ["TrainingError", "build_optimizer", "pretrain"]
+__all__ = ["NonFiniteWatch", "TrainingError", "build_optimizer", "pretrain", "train_step"]
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -59,6 +59,37 @@ def _micro_batch(config: Config, num_processes: int) -> int:
             f"gradient_accumulation_steps = {parts}"
         )
     return trainer.batch_size // parts
+
+
+class NonFiniteWatch:
+    """The first optimizer step whose loss was NaN or Inf, kept on the device.
+
+    :meth:`record` runs every step without reading anything back from the device; :meth:`check` gathers
+    the record of every process (one collective, taken by all of them at the same steps, so a NaN on one
+    process never leaves the others waiting) and raises :class:`TrainingError` naming the step. The trainer
+    checks at every log interval and before every checkpoint, so no checkpoint is written after a bad step.
+    """
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+        self.first_bad = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()).reshape(1)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def check(self, steps_per_epoch: int, checkpoints: Checkpoints) -> None:
+        firsts = self.accelerator.gather(self.first_bad)
+        firsts = firsts[firsts >= 0]
+        if len(firsts) == 0:
+            return
+        step = int(firsts.min())
+        latest = checkpoints.latest()
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        raise TrainingError(
+            f"non-finite loss at step {step} (epoch {step // steps_per_epoch}); {kept}. "
+            "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 instead of fp16."
+        )
 
 
 def pretrain(config: Config) -> Path:
@@ -105,6 +136,7 @@ def pretrain(config: Config) -> Path:
     accelerator.register_for_checkpointing(scheduler, progress)
     views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last))
     forward = torch.compile(model) if config.trainer.compile else model
+    watch = NonFiniteWatch(accelerator)
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +147,7 @@ def pretrain(config: Config) -> Path:
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight})
     log = MetricsLog(accelerator, RunPaths(output_dir).metrics, seconds_before=progress.seconds)
     core = accelerator.unwrap_model(model)
+    core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
     bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
@@ -127,7 +160,8 @@ def pretrain(config: Config) -> Path:
             if progress.batch % accumulation == 0:
                 core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
             with accelerator.accumulate(model):
-                out = _train_step(accelerator, forward, optimizer, views(images), progress, checkpoints)
+                out = train_step(accelerator, forward, optimizer, views(images))
+            watch.record(out.total, progress.step)
             progress.batch += 1
             log.add(out._asdict(), len(images))
             if accelerator.sync_gradients:
@@ -135,10 +169,12 @@ def pretrain(config: Config) -> Path:
                 progress.step += 1
                 bar.update(1)
                 if progress.step % config.trainer.log_every == 0:
+                    watch.check(steps_per_epoch, checkpoints)
                     row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
                                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
                     bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                 if config.trainer.max_steps and progress.step >= config.trainer.max_steps:
+                    watch.check(steps_per_epoch, checkpoints)
                     progress.seconds = log.elapsed()
                     checkpoints.save(progress.step)
                     bar.close()
@@ -146,6 +182,7 @@ def pretrain(config: Config) -> Path:
                     finish_trackers(accelerator)
                     return output_dir
         progress.epoch, progress.batch = progress.epoch + 1, 0
+        watch.check(steps_per_epoch, checkpoints)  # before the epoch's kNN monitor and checkpoint
         _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
 
     bar.close()
@@ -154,22 +191,13 @@ def pretrain(config: Config) -> Path:
     return output_dir
 
 
-def _train_step(accelerator, model, optimizer, views, progress, checkpoints):
-    """Forward, finite check (agreed over processes), backward and optimizer step."""
-    bad = torch.zeros((), device=accelerator.device)
-    try:
-        with accelerator.autocast():
-            out = model(*views)
-        bad = bad + (~torch.isfinite(out.total.detach())).float()
-    except NonFiniteError:
-        out, bad = None, bad + 1
-    if accelerator.reduce(bad, reduction="sum") > 0:
-        latest = checkpoints.latest()
-        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-        raise TrainingError(
-            f"non-finite loss at step {progress.step} (epoch {progress.epoch}); {kept}. "
-            "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 instead of fp16."
-        )
+def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views) -> SECLossOutput:
+    """One micro-batch: forward under autocast, backward, optimizer step (a no-op while accumulating).
+
+    Nothing is read back from the device here: a non-finite loss is caught by :class:`NonFiniteWatch`.
+    """
+    with accelerator.autocast():
+        out = model(*views)
     accelerator.backward(out.total)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

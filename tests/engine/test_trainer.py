@@ -96,8 +96,18 @@ def test_a_finished_run_is_not_overwritten_without_resume(npz_root, tmp_path):
 
 def test_a_diverging_run_stops_with_the_step_named(npz_root, tmp_path):
     config = load_config(None, _overrides(npz_root, tmp_path / "run", "optim.lr=1e30", "trainer.eval_every=0"))
-    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(epoch \d\); "):
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(epoch \d\); ") as checked_every_step:
         pretrain(config)
+    # Checked once per 6 steps (no sync per step), the error still names the first bad step, and no
+    # checkpoint is written after it.
+    later = load_config(None, _overrides(npz_root, tmp_path / "later", "optim.lr=1e30", "trainer.eval_every=0",
+                                         "trainer.log_every=6"))
+    with pytest.raises(TrainingError) as checked_later:
+        pretrain(later)
+    first_bad = int(str(checked_every_step.value).split("step ")[1].split(" ")[0])
+    assert str(checked_later.value).startswith(f"non-finite loss at step {first_bad} ")
+    saved = sorted((tmp_path / "later" / "checkpoints").glob("step_*"))
+    assert all(int(path.name.split("_")[1]) <= first_bad for path in saved)
 
 
 def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, tmp_path):
