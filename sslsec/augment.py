@@ -185,6 +185,7 @@ class ContrastiveAugment(AugmentPipeline):
         if blur_prob > 0:
             transforms.append(K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob))
         super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+        self.crop_scale = tuple(crop_scale)
 
 
 class SimCLRAugment(ContrastiveAugment):

@@ -1,6 +1,7 @@
 """The console entry points: one style of command line, one-line errors, thin scripts."""
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -94,7 +95,19 @@ def test_console_scripts_are_named_sslsec_and_scripts_only_call_them():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"sslsec-pretrain", "sslsec-linear-probe", "sslsec-diagnose", "sslsec-study"}
     for path in (REPO / "scripts").glob("*.py"):
-        if path.name == "bench_augment.py":
+        if path.name.startswith("bench_"):  # benchmarks are scripts, not entry points
             continue
         code = [line for line in path.read_text().split('"""')[-1].splitlines() if line.strip()]
         assert code[0].startswith("from sslsec.cli import ") and len(code) == 3, path.name
+
+
+def test_training_benchmark_runs_the_three_loops_and_prints_their_ratios(npz_root):
+    process = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--steps", "2", "--repeats", "1", "--workers", "0",
+         "--config", str(REPO / "configs" / "simclr_fmnist.yaml"), "data.name=npz", f"data.root={npz_root}",
+         "data.val_size=null", "trainer.batch_size=16", "trainer.mixed_precision=no"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-2000:]
+    speeds = re.findall(r"^\((a|b|c)\) .*: +(\d+) img/s", process.stdout, flags=re.MULTILINE)
+    assert [name for name, _ in speeds] == ["a", "b", "c"] and all(int(value) > 0 for _, value in speeds)
+    assert "step time of (b) over (a)" in process.stdout and "speed of (b) over (c)" in process.stdout

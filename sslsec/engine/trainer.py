@@ -12,6 +12,7 @@ run directory's layout is :class:`sslsec.runs.RunPaths`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from accelerate.utils import set_seed
@@ -78,13 +79,13 @@ class NonFiniteWatch:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
-    def check(self, steps_per_epoch: int, checkpoints: Checkpoints) -> None:
+    def check(self, steps_per_epoch: int, checkpoints: Optional[Checkpoints] = None) -> None:
         firsts = self.accelerator.gather(self.first_bad)
         firsts = firsts[firsts >= 0]
         if len(firsts) == 0:
             return
         step = int(firsts.min())
-        latest = checkpoints.latest()
+        latest = checkpoints.latest() if checkpoints is not None else None
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise TrainingError(
             f"non-finite loss at step {step} (epoch {step // steps_per_epoch}); {kept}. "

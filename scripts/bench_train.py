@@ -1,0 +1,153 @@
+"""Training throughput of one config: the model alone, the sslsec step, and a lightly-style loop.
+
+(a) model only: the config's method (backbone, head, SECInfoNCE) on resident, pre-made views: forward,
+    backward, optimizer step. The ceiling of what any data path can reach.
+(b) sslsec: the trainer's own step on uint8 batches held on the device: the method's ``before_step`` hook,
+    views made by kornia (``MultiView`` of the config's ``augment`` recipe), then
+    :func:`sslsec.engine.trainer.train_step` and the non-finite watch.
+(c) lightly-style: lightly's ``SimCLRTransform`` with the same recipe on PIL images in a torch DataLoader with
+    ``--workers`` worker processes (what users of lightly write), feeding the same model, precision and
+    memory layout through the same ``train_step``.
+
+The three are measured alternately ``--repeats`` times in one run and their medians compared, so load from
+other processes hits all of them alike. Speeds are training images per second (two views each)::
+
+    python scripts/bench_train.py --config configs/simclr_fmnist.yaml --steps 30 --repeats 3
+    python scripts/bench_train.py --config configs/simclr_cifar10.yaml --device cuda --workers 8 data.download=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sslsec.augment import MultiView
+from sslsec.config import load_config
+from sslsec.data import BatchLoader, load_split
+from sslsec.engine.accelerator import make_accelerator
+from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
+from sslsec.methods import build_augment, build_method
+
+
+class PILImages(torch.utils.data.Dataset):
+    """uint8 (N, C, H, W) images served as PIL images through ``transform``, as users of lightly do."""
+
+    def __init__(self, images: torch.Tensor, transform) -> None:
+        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index]))
+
+
+def lightly_transform(config, dataset):
+    """lightly's SimCLRTransform with the config's recipe (colour ops off for grayscale, as sslsec does)."""
+    from lightly.transforms import SimCLRTransform
+
+    recipe, color = config.augment, dataset.channels == 3
+    crop_scale = recipe.crop_scale or build_augment(config, dataset).crop_scale
+    size = config.data.crop_size or dataset.image_size
+    return SimCLRTransform(
+        input_size=size, cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
+        cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0, cj_hue=recipe.hue if color else 0.0,
+        min_scale=crop_scale[0], random_gray_scale=recipe.grayscale_prob if color else 0.0,
+        gaussian_blur=recipe.blur_prob or 0.0, hf_prob=recipe.hflip_prob,
+        normalize={"mean": list(dataset.mean), "std": list(dataset.std)},
+    )
+
+
+def _timed(run_steps, steps: int, batch_size: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run_steps()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("configs/simclr_fmnist.yaml"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement (default 30)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader workers of the lightly-style loop (default: min(8, cores))")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_intermixed_args()
+
+    config = load_config(args.config, args.overrides)
+    accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision, cpu=args.device == "cpu")
+    device, batch_size = accelerator.device, config.trainer.batch_size
+    dataset = load_split(config, "train")
+    needed = (args.steps + 2) * batch_size
+    dataset = dataset.subset(torch.arange(min(needed, len(dataset))))
+
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if config.trainer.channels_last else torch.contiguous_format
+    model = build_method(config, dataset.channels).to(memory_format=memory_format)
+    optimizer = build_optimizer(model, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    core.criterion.check_finite = False
+    model.train()
+    views = MultiView(build_augment(config, dataset, channels_last=config.trainer.channels_last))
+    loader = BatchLoader(dataset, batch_size, shuffle=True, drop_last=True, device=device)
+    batches = [images for images, _ in loader][: args.steps]
+    premade = [views(images) for images in batches]
+    watch = NonFiniteWatch(accelerator)
+    lightly_loader = torch.utils.data.DataLoader(
+        PILImages(dataset.images, lightly_transform(config, dataset)), batch_size=batch_size, shuffle=True,
+        num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
+        pin_memory=device.type == "cuda")
+
+    def model_only():
+        for made in premade:
+            train_step(accelerator, model, optimizer, made)
+
+    def sslsec_step():
+        for step, images in enumerate(batches):
+            core.before_step(step, len(batches))
+            watch.record(train_step(accelerator, model, optimizer, views(images)).total, step)
+
+    def lightly_style():
+        for step, pair in enumerate(lightly_loader):
+            if step == args.steps:
+                break
+            made = [v.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in pair]
+            train_step(accelerator, model, optimizer, made)
+
+    names = ("(a) model only, pre-made views", "(b) sslsec step: uint8 -> kornia views -> step",
+             f"(c) lightly-style: PIL + DataLoader({args.workers} workers)")
+    runs = (model_only, sslsec_step, lightly_style)
+    for run in runs:  # warm-up: allocator, autocast caches, worker start-up
+        run()
+    speeds = [[] for _ in runs]
+    for _ in range(args.repeats):
+        for run, measured in zip(runs, speeds):
+            measured.append(_timed(run, args.steps, batch_size, device))
+    medians = [statistics.median(measured) for measured in speeds]
+
+    print(f"{args.config}: {config.method}, {config.model.backbone}, batch {batch_size}, "
+          f"{config.trainer.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
+          f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats, "
+          f"torch {torch.__version__}")
+    for name, median, measured in zip(names, medians, speeds):
+        print(f"{name:<50}: {median:7.0f} img/s [{', '.join(f'{v:.0f}' for v in measured)}]")
+    print(f"step time of (b) over (a): {medians[0] / medians[1]:.2f}x   (the data path's cost)")
+    print(f"speed of (b) over (c)    : {medians[1] / medians[2]:.2f}x")
+    watch.check(len(batches))
+
+
+if __name__ == "__main__":
+    main()
