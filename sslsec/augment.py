@@ -229,8 +229,8 @@ class ProbeAugment(AugmentPipeline):
 class EvalTransform(AugmentPipeline):
     """Deterministic evaluation transform: optional resize (shorter side) + center crop to ``size``, normalize.
 
-    ``size=None`` keeps the input size (e.g. 32 px CIFAR); ``size=224`` is the usual ImageNet protocol
-    on images stored larger (resize the shorter side to ``size``, then crop the center ``size x size``).
+    ``size=None`` keeps the input size (e.g. 32 px CIFAR). ``size=224, resize=256`` is the ImageNet protocol:
+    resize the shorter side to 256, then crop the center 224 x 224; ``resize`` defaults to ``size``.
     """
 
     def __init__(
@@ -240,10 +240,11 @@ class EvalTransform(AugmentPipeline):
         size: Size | None = None,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        resize: int | None = None,
     ) -> None:
         transforms: list[nn.Module] = []
         if size is not None:
-            short_side = min(_pair(size))
+            short_side = resize or min(_pair(size))
             transforms = [K.Resize(short_side, side="short", antialias=True), K.CenterCrop(_pair(size))]
         super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
 

@@ -84,7 +84,7 @@ def _linear_probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE", help="config YAML for --backbone / --random-init")
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help="where linear_probe.json goes (default: the run directory, the backbone's folder, "
-                        "or output_dir for --random-init)")
+                        "or OUTPUT_DIR/random_init for --random-init)")
     return parser
 
 
@@ -107,7 +107,7 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     accelerator = accelerator or make_accelerator(mixed_precision=config.trainer.mixed_precision)
     start = time.perf_counter()
     result = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator,
-                               seed=config.trainer.seed, val=val)
+                               seed=config.trainer.seed, val=val, crop_size=config.data.crop_size)
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:
@@ -124,10 +124,8 @@ def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module]
     config = load_config(args.config, args.overrides)
     if args.backbone is not None:
         return config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent, str(args.backbone)
-    output_dir = args.output_dir or Path(config.output_dir)
-    if args.output_dir is None and RunPaths(output_dir).finished():
-        raise RunError(f"output_dir {output_dir} holds a pretraining run whose linear_probe.json the "
-                              "random-init baseline would overwrite; pass output_dir=... or --output-dir")
+    # Beside the run of the same config, never over it: the README's order (main job, then baseline) must work.
+    output_dir = args.output_dir or Path(config.output_dir) / "random_init"
     return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})"
 
 

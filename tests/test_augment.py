@@ -164,6 +164,12 @@ def test_eval_transform_is_deterministic_normalization_with_optional_resize_and_
     assert torch.allclose(EvalTransform(**IDENTITY, size=32)(wide), torch.ones(2, 3, 32, 32), atol=1e-3)
 
 
+def test_eval_transform_resize_256_crop_224_protocol_keeps_the_center_at_full_resolution():
+    stored = random_images(n=2, size=64)  # stored at 64 (think 256), trained on 48 px crops (think 224)
+    center = EvalTransform(**IDENTITY, size=48, resize=64)(stored)
+    torch.testing.assert_close(center, stored[..., 8:56, 8:56].float() / 255, atol=1e-4, rtol=0)
+
+
 def test_probe_augment_crops_and_flips_but_keeps_colours():
     image = torch.tensor([200, 50, 10], dtype=torch.uint8).view(1, 3, 1, 1).expand(64, 3, 40, 40)
     views = ProbeAugment(32, **IDENTITY)(image, seed=0)

@@ -28,7 +28,17 @@ def test_linear_probe_cli_backbone_file_and_random_init(run_dir, tmp_path):
     assert json.loads((tmp_path / "file" / "linear_probe.json").read_text())["epochs"] == 2
     linear_probe_main(["--random-init", "--config", str(run_dir / "config.yaml"), "eval.probe_epochs=2",
                        f"output_dir={tmp_path / 'baseline'}"])
-    assert "random init" in json.loads((tmp_path / "baseline" / "linear_probe.json").read_text())["backbone"]
+    assert "random init" in json.loads((tmp_path / "baseline" / "random_init" / "linear_probe.json").read_text())[
+        "backbone"]
+
+
+def test_random_init_after_the_run_writes_beside_it_not_over_it(run_dir):
+    linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=2"])
+    trained = (run_dir / "linear_probe.json").read_text()
+    linear_probe_main(["--random-init", "--config", str(run_dir / "config.yaml"), "eval.probe_epochs=2",
+                       f"output_dir={run_dir}"])  # the README's order: the main job, then its baseline
+    assert (run_dir / "linear_probe.json").read_text() == trained
+    assert "random init" in json.loads((run_dir / "random_init" / "linear_probe.json").read_text())["backbone"]
 
 
 def run_cli_expecting_error(main, argv, capsys):
@@ -48,9 +58,6 @@ def test_cli_errors_are_one_line_and_exit_2(run_dir, tmp_path, capsys):
     assert "3-channel images but data set 'npz' has 1-channel" in err
     err = run_cli_expecting_error(linear_probe_main, ["--run", str(run_dir), "eval.probe_epochs=zero"], capsys)
     assert "eval.probe_epochs" in err
-    err = run_cli_expecting_error(linear_probe_main, ["--random-init", "--config", str(run_dir / "config.yaml")],
-                                  capsys)
-    assert "would overwrite" in err  # output_dir is the run itself
     err = run_cli_expecting_error(diagnose_main, ["--run", str(empty_run)], capsys)
     assert "backbone.safetensors is missing" in err
 

@@ -42,6 +42,17 @@ def test_sync_batchnorm_is_available_to_every_method_under_several_processes(met
     assert sync_layers(build_method(_config(method), 1, distributed=True)) == 0
 
 
+def test_moco_says_once_that_shuffle_bn_has_no_effect_in_one_process():
+    with pytest.warns(UserWarning, match="moco.batch_norm=shuffle has no effect in a single process"):
+        build_method(_config("moco", "moco.batch_norm=shuffle"), 1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_method(_config("moco", "moco.batch_norm=none"), 1)
+        build_method(_config("moco", "moco.batch_norm=shuffle"), 1, distributed=True)
+
+
 def test_simclr_embeds_both_views_in_one_batch_norm_pass():
     torch.manual_seed(0)
     model = build_method(_config("simclr"), in_channels=1)

@@ -94,10 +94,18 @@ def variant_overrides(name: str, loss: LossConfig) -> List[str]:
             f"loss.sec_momentum={'null' if momentum is None else momentum}", f"loss.norm_penalty_weight={penalty}"]
 
 
+def study_dir(base: Config, overrides: Sequence[str]) -> Path:
+    """``output_dir`` when given as an override, else ``{output_dir}_study``: a study never writes into the run
+    directory that its base config names (the main job's)."""
+    given = any(override.partition("=")[0].strip() == "output_dir" for override in overrides)
+    return Path(base.output_dir) if given else Path(f"{base.output_dir}_study")
+
+
 def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], seeds: int,
               overrides: Sequence[str] = (), *, diagnostics_n: int = 1024,
               log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into output_dir.
+    """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into
+    :func:`study_dir` (``output_dir`` if given as an override, else ``{output_dir}_study``).
 
     Call it on every process of a distributed launch: all run the same loop, only the main process writes
     study files and logs. Returns one row per run (variant-major), the same on every process: ``variant, seed,
@@ -110,7 +118,7 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
         raise StudyError(f"a study needs at least one variant, seeds >= 1 and diagnostics_n >= 2; got variants="
                          f"{variants}, seeds={seeds}, diagnostics_n={diagnostics_n}")
     base = load_config(config_path, overrides)
-    output_dir = Path(base.output_dir)
+    output_dir = study_dir(base, overrides)
     configs = {  # all built (and validated) before any work
         (variant, seed): load_config(config_path, [
             *overrides, *variant_overrides(variant, base.loss), f"trainer.seed={seed}",
@@ -188,7 +196,7 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
     backbone = load_saved_backbone(RunPaths(run_dir).backbone)
     train, val, test = load_splits(config)
     probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
-                              val=val)
+                              val=val, crop_size=config.data.crop_size)
     if accelerator.is_main_process:
         head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
         samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),

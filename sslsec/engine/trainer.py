@@ -209,9 +209,10 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
     """kNN monitor on ``monitor`` (the validation split when there is one) and the epoch's checkpoint."""
     epoch, last = progress.epoch, progress.epoch == config.trainer.epochs
     if config.trainer.eval_every and (epoch % config.trainer.eval_every == 0 or last):
+        _share_batchnorm_statistics(accelerator, core.backbone)
         top1 = knn_accuracy(
             core.backbone, train, monitor, k=config.eval.knn_k,
-            temperature=config.eval.knn_temperature, accelerator=accelerator,
+            temperature=config.eval.knn_temperature, accelerator=accelerator, crop_size=config.data.crop_size,
         )
         split = "val" if config.data.val_size is not None else "test"
         log.write({"step": progress.step, "epoch": epoch, "knn_top1": top1, "knn_split": split}, progress.step)
@@ -219,6 +220,14 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
     if last or (config.trainer.checkpoint_every and epoch % config.trainer.checkpoint_every == 0):
         progress.seconds = log.elapsed()
         checkpoints.save(progress.step)
+
+
+def _share_batchnorm_statistics(accelerator, backbone: nn.Module) -> None:
+    """Give every process the main process's buffers (BatchNorm running statistics), which DDP lets drift by the
+    last step's update: the kNN monitor then scores, on every process, the backbone that is saved."""
+    if accelerator.num_processes > 1:
+        for buffer in backbone.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> None:

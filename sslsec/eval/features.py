@@ -54,6 +54,7 @@ def extract_features(
     transform: Optional[nn.Module] = None,
     seed: Optional[int] = None,
     progress: bool = True,
+    crop_size: Optional[int] = None,
 ) -> Features:
     """Backbone features of every image of ``dataset``, in data-set order, on every process.
 
@@ -62,8 +63,9 @@ def extract_features(
     device of its parameters.
 
     Args:
-        transform: uint8 batch -> normalized float batch; default :class:`EvalTransform` with the data
-            set's mean and std. A random transform is called with a per-batch ``seed=`` when ``seed`` is set.
+        transform: uint8 batch -> normalized float batch; default :func:`eval_transform` of ``crop_size``.
+            A random transform is called with a per-batch ``seed=`` when ``seed`` is set.
+        crop_size: the view size the backbone was trained at (``data.crop_size``); see :func:`eval_transform`.
         batch_size: images per process and step.
 
     Returns:
@@ -71,7 +73,7 @@ def extract_features(
     """
     check_compatible(backbone, dataset)
     device, rank, world_size = _placement(backbone, accelerator)
-    transform = transform or EvalTransform(dataset.mean, dataset.std)
+    transform = transform or eval_transform(dataset, crop_size)
     loader = BatchLoader(dataset, batch_size, shuffle=False, drop_last=False, rank=rank,
                          world_size=world_size, device=device)
     show = progress and (accelerator is None or accelerator.is_main_process)
@@ -90,6 +92,15 @@ def extract_features(
     finally:
         backbone.train(was_training)
     return torch.cat(features), torch.cat(labels).long()
+
+
+def eval_transform(dataset: Any, crop_size: Optional[int] = None) -> EvalTransform:
+    """Normalization, and for images stored larger than the training views the center crop of ``crop_size``:
+    ImageNet folders stored at 256 px and trained on 224 px crops are scored on the center 224 x 224 (the
+    resize-256 / crop-224 protocol), not at 256."""
+    if crop_size is None or crop_size >= dataset.image_size:
+        return EvalTransform(dataset.mean, dataset.std)
+    return EvalTransform(dataset.mean, dataset.std, size=crop_size, resize=dataset.image_size)
 
 
 def _embed(backbone: nn.Module, transform: nn.Module, images: Tensor, seed: Optional[int],
@@ -125,10 +136,11 @@ def derive_seed(*numbers: int) -> int:
     return value
 
 
-def extractor(backbone: nn.Module, accelerator: Optional[Accelerator], batch_size: int) -> Callable[..., Features]:
+def extractor(backbone: nn.Module, accelerator: Optional[Accelerator], batch_size: int,
+              crop_size: Optional[int] = None) -> Callable[..., Features]:
     """``extract(dataset, **kwargs)``: :func:`extract_features` with these settings bound."""
     return lambda dataset, **kwargs: extract_features(backbone, dataset, accelerator=accelerator,
-                                                      batch_size=batch_size, **kwargs)
+                                                      batch_size=batch_size, crop_size=crop_size, **kwargs)
 
 
 def device_of(backbone: nn.Module, accelerator: Optional[Accelerator]) -> torch.device:

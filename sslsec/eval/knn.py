@@ -32,12 +32,14 @@ def knn_on_features(train_features: Features, test_features: Features, num_class
 
 
 def knn_accuracy(backbone: nn.Module, train: Any, test: Any, k: int = 200, temperature: float = 0.1, *,
-                 accelerator: Optional[Accelerator] = None, batch_size: int = 512) -> float:
+                 accelerator: Optional[Accelerator] = None, batch_size: int = 512,
+                 crop_size: Optional[int] = None) -> float:
     """kNN top-1 accuracy (%) of ``test`` against the features of ``train`` (Wu et al. 2018).
 
     Call it on every process with the unwrapped backbone; the backbone's train/eval mode is restored.
+    ``crop_size``: the training view size (see :func:`sslsec.eval.features.eval_transform`).
     """
-    extract = extractor(backbone, accelerator, batch_size)
+    extract = extractor(backbone, accelerator, batch_size, crop_size)
     return knn_on_features(extract(train), extract(test), train.num_classes, k=k, temperature=temperature,
                            batch_size=batch_size, device=device_of(backbone, accelerator))
 

@@ -20,20 +20,22 @@ if TYPE_CHECKING:
 
 
 def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: EvalConfig, *,
-                      accelerator: Optional[Accelerator] = None, seed: int = 0, val: Any = None) -> Dict[str, Any]:
+                      accelerator: Optional[Accelerator] = None, seed: int = 0, val: Any = None,
+                      crop_size: Optional[int] = None) -> Dict[str, Any]:
     """The linear probe and kNN with the ``eval`` section of a config, extracting the features once.
 
     With a validation split ``val`` the same probe and kNN bank are also scored on it (``val_top1``,
     ``val_top5``, ``val_knn_top1``): choose settings by those, report ``top1``/``knn_top1`` (test).
+    ``crop_size`` (``data.crop_size``): score at the training view size (:func:`~sslsec.eval.features.eval_transform`).
     """
-    extract = extractor(backbone, accelerator, 512)
+    extract = extractor(backbone, accelerator, 512, crop_size)
     features = extract(train), extract(test)
     val_features = extract(val) if val is not None else None
     result = linear_probe(backbone, train, test, epochs=settings.probe_epochs, batch_size=settings.probe_batch_size,
                           lr=settings.probe_lr, weight_decay=settings.probe_weight_decay,
                           augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features,
                           val_features=val_features, schedule=settings.probe_schedule,
-                          standardize=settings.probe_standardize)
+                          standardize=settings.probe_standardize, crop_size=crop_size)
     knn = functools.partial(knn_on_features, features[0], num_classes=train.num_classes, k=settings.knn_k,
                             temperature=settings.knn_temperature, device=device_of(backbone, accelerator))
     result["knn_top1"] = knn(features[1])

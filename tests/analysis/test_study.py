@@ -145,6 +145,15 @@ def test_an_interrupted_run_is_resumed_and_other_settings_are_refused(npz_root, 
         run_study(None, ["none"], 1, _overrides(npz_root, tmp_path, "trainer.epochs=3"))
 
 
+def test_a_study_without_output_dir_never_writes_into_the_configs_run_directory():
+    from sslsec.analysis.study import study_dir
+
+    main_job = load_config(ROOT / "configs" / "simclr_fmnist.yaml")
+    assert study_dir(main_job, ["trainer.epochs=3"]) == Path("runs/simclr_fmnist_study")
+    chosen = ["output_dir=runs/mine"]
+    assert study_dir(load_config(ROOT / "configs" / "simclr_fmnist.yaml", chosen), chosen) == Path("runs/mine")
+
+
 def test_an_unknown_variant_is_one_clear_error_before_any_work(npz_root, tmp_path, capsys):
     with pytest.raises(StudyError, match="unknown variant 'sec_emma'; valid variants: none, sec, sec_constant"):
         run_study(None, ["none", "sec_emma"], 1, _overrides(npz_root, tmp_path / "study"))

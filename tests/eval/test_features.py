@@ -26,6 +26,20 @@ def test_extract_features_keeps_order_and_restores_train_mode():
     assert features.dtype == torch.float32 and torch.allclose(features, expected, atol=1e-5)
 
 
+def test_features_of_images_stored_larger_than_the_views_come_from_the_center_crop():
+    from sslsec.eval.features import eval_transform
+
+    data, backbone = template_dataset(3), small_cnn()
+    size = data.image_size
+    assert eval_transform(data, None)(data.images).shape[-1] == size  # no crop size: the stored size
+    assert eval_transform(data, size)(data.images).shape[-1] == size
+    features, _ = extract_features(backbone, data, crop_size=size - 4, progress=False)
+    with torch.no_grad():
+        center = data.images[..., 2:size - 2, 2:size - 2]
+        expected = backbone.eval()(EvalTransform(data.mean, data.std)(center))
+    assert torch.allclose(features, expected, atol=1e-4)
+
+
 def test_channel_mismatch_is_a_clear_error():
     with pytest.raises(EvaluationError, match="3-channel images but data set 'templates' has 1-channel"):
         extract_features(small_cnn(in_channels=3), template_dataset(2))
