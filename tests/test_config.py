@@ -67,3 +67,9 @@ def test_bad_values_name_the_key_and_the_choices(override, message):
 def test_defaults_are_the_embedded_published_recipe():
     config = Config()
     assert (config.method, config.loss.sec_weight, config.trainer.batch_size) == ("simclr", 0.0, 512)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_config_has_sec_on(path):
+    loss = load_config(path).loss
+    assert loss.sec_weight > 0 and loss.sec_schedule == "linear", path.name
