@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from bench_augment import PILImages  # this folder is on sys.path when a script in it runs
 
 from sslsec.augment import MultiView
 from sslsec.config import load_config
@@ -33,20 +33,6 @@ from sslsec.data import BatchLoader, load_split
 from sslsec.engine.accelerator import make_accelerator
 from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
 from sslsec.methods import build_augment, build_method
-
-
-class PILImages(torch.utils.data.Dataset):
-    """uint8 (N, C, H, W) images served as PIL images through ``transform``, as users of lightly do."""
-
-    def __init__(self, images: torch.Tensor, transform) -> None:
-        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index]))
 
 
 def lightly_transform(config, dataset):
