@@ -8,6 +8,7 @@ so a saved backbone loads into a plain ``torchvision.models.resnet18()``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -77,6 +78,14 @@ def build_backbone(
 def save_module(module: nn.Module, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``module``'s state dict as a safetensors file (``safetensors.torch.save_model``)."""
     save_model(module, str(path), metadata=metadata, force_contiguous=True)  # channels_last weights are strided
+    readable_like_other_files(path)
+
+
+def readable_like_other_files(path: Union[str, Path]) -> None:
+    """Give ``path`` the permissions a plain ``open()`` would (0644 under the usual umask): safetensors writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_backbone(backbone: nn.Module, path: Union[str, Path], spec: Dict[str, Any]) -> None:

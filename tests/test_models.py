@@ -20,6 +20,26 @@ def test_saved_resnet_loads_into_a_plain_torchvision_resnet(tmp_path):
     assert torch.equal(load_backbone(tmp_path / "b.safetensors").eval()(x), backbone(x))
 
 
+def test_cifar_stem_backbone_loads_into_torchvision_with_the_stem_swapped_and_is_world_readable(tmp_path):
+    import os
+
+    spec = {"name": "resnet18", "in_channels": 3, "cifar_stem": True}
+    backbone = build_backbone(**spec).eval()
+    previous = os.umask(0o022)
+    try:
+        save_backbone(backbone, tmp_path / "b.safetensors", spec)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o644  # like config.yaml, not safetensors' 0600
+
+    plain = torchvision.models.resnet18()  # the README's recipe: the 3x3 stride-1 conv1 and no max-pool
+    plain.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    plain.maxpool, plain.fc = torch.nn.Identity(), torch.nn.Identity()
+    plain.load_state_dict(load_file(tmp_path / "b.safetensors"))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(plain.eval()(x), backbone(x), atol=1e-5)
+
+
 @pytest.mark.parametrize("name, cifar_stem, in_channels, size", [
     ("resnet18", True, 3, 32), ("resnet18", False, 1, 64), ("small_cnn", False, 1, 28),
 ])

@@ -37,6 +37,7 @@ from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
 from sslsec.eval import evaluate_backbone
 from sslsec.methods import build_augment
+from sslsec.models import readable_like_other_files
 from sslsec.runs import RunPaths, load_projection_head, load_saved_backbone
 
 VARIANTS = ("none", "sec", "sec_constant", "sec_linear", "sec_paper", "sec_ema", "l2")
@@ -203,6 +204,7 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
                                      diagnostics_n)
         norms = summarize(samples)
         save_file({"norms": samples["norms"].contiguous()}, str(run_dir / NORMS_FILE))
+        readable_like_other_files(run_dir / NORMS_FILE)
         row = {"variant": variant, "seed": config.trainer.seed, "run_dir": str(run_dir), "method": config.method,
                "dataset": test.name, "sec_weight": config.loss.sec_weight, "sec_schedule": config.loss.sec_schedule,
                "sec_momentum": config.loss.sec_momentum, "norm_penalty_weight": config.loss.norm_penalty_weight,
