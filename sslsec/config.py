@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -124,6 +124,7 @@ class TrainerConfig:
     log_every: int = 50  # steps
     eval_every: int = 10  # epochs between kNN monitors; 0 turns it off
     checkpoint_every: int = 10  # epochs between checkpoints (one is always written at the end)
+    checkpoint_every_steps: Optional[int] = None  # also every this many optimizer steps (long epochs, pre-emption)
     seed: int = 0
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests)
 
@@ -145,7 +146,9 @@ class EvalConfig:
 class Config:
     method: str = "simclr"
     output_dir: str = "runs/default"
-    resume: Any = False  # true: latest checkpoint in output_dir; or a checkpoint path (bool or str, checked below)
+    # true: the latest checkpoint in output_dir (one must exist); auto: resume if there is one, else start; or a
+    # checkpoint path (bool or str, checked below)
+    resume: Any = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -181,6 +184,21 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     config = OmegaConf.to_object(merged)
     validate(config)
     return config
+
+
+# Settings a run may change when it is resumed (or a study reuses it): where it lives, how it was started, when it
+# logs, evaluates, checkpoints or stops early, how many loader workers it uses, and how it is evaluated. None of
+# them changes the trained weights; every other key is the recipe and must stay as the run was started.
+RESULT_FREE_KEYS = ("output_dir", "resume", "trainer.max_steps", "trainer.log_every", "trainer.eval_every",
+                    "trainer.checkpoint_every", "trainer.checkpoint_every_steps", "data.num_workers")
+RESULT_FREE_SECTIONS = ("eval.",)
+
+
+def recipe_differences(saved: Config, config: Config) -> List[Tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` for every recipe key (not :data:`RESULT_FREE_KEYS`) that differs."""
+    before = dict(config_keys(saved))
+    return [(key, before.get(key), value) for key, value in config_keys(config)
+            if key not in RESULT_FREE_KEYS and not key.startswith(RESULT_FREE_SECTIONS) and before.get(key) != value]
 
 
 def config_keys(config: Optional[Config] = None) -> Iterator[Tuple[str, Any]]:
@@ -311,7 +329,7 @@ def validate(config: Config) -> None:
     _choice("data.name", config.data.name, DATASET_NAMES)
     _choice("model.backbone", config.model.backbone, BACKBONES)
     if not isinstance(config.resume, (bool, str)):
-        raise ConfigError(f"resume must be true, false or a checkpoint path, got {config.resume!r}")
+        raise ConfigError(f"resume must be true, false, auto or a checkpoint path, got {config.resume!r}")
     _choice("optim.name", config.optim.name, OPTIMIZERS)
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
@@ -323,7 +341,7 @@ def validate(config: Config) -> None:
                 "eval.knn_temperature", "eval.probe_epochs", "eval.probe_batch_size",
                 "eval.probe_lr", "model.projection_dim", "model.projection_hidden_dim",
                 "moco.queue_size", "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
-                "data.crop_size", "trainer.max_steps"):
+                "data.crop_size", "trainer.max_steps", "trainer.checkpoint_every_steps"):
         _positive(key, _get(config, key))
     for key in ("loss.sec_weight", "loss.norm_penalty_weight", "optim.weight_decay",
                 "optim.warmup_epochs", "trainer.eval_every", "trainer.checkpoint_every",

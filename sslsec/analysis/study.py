@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from safetensors.torch import load_file, save_file
 
 from sslsec.analysis.diagnostics import matplotlib_figure, projection_samples, summarize
-from sslsec.config import Config, ConfigError, LossConfig, load_config, to_dict
+from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
 from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
 from sslsec.eval import evaluate_backbone
@@ -46,9 +46,6 @@ DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
 DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
 PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07
 ROW_FILE, NORMS_FILE = "study_row.json", "projection_norms.safetensors"
-# Keys a finished or interrupted run may differ in: where it lives, how it was started and when it stops early
-# do not change the recipe (the schedule follows trainer.epochs); eval.* only changes the evaluation, redone.
-FREE_KEYS = ("output_dir", "resume", "trainer.max_steps")
 
 
 class StudyError(ConfigError):
@@ -163,19 +160,9 @@ def _check_same_recipe(config: Config, run_dir: Path) -> None:
     saved = RunPaths(run_dir).config
     if not (RunPaths(run_dir).started() and saved.is_file()):
         return
-    before, now = dict(_flatten(to_dict(load_config(saved)))), dict(_flatten(to_dict(config)))
-    for key, value in now.items():
-        if key not in FREE_KEYS and not key.startswith("eval.") and before.get(key) != value:
-            raise StudyError(f"{run_dir} was trained with {key}={before.get(key)!r}, but this study asks for "
-                             f"{value!r}; pass the same settings, or another output_dir, or delete {run_dir}")
-
-
-def _flatten(values: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield prefix + key, value
+    for key, before, now in recipe_differences(load_config(saved), config)[:1]:
+        raise StudyError(f"{run_dir} was trained with {key}={before!r}, but this study asks for "
+                         f"{now!r}; pass the same settings, or another output_dir, or delete {run_dir}")
 
 
 def _finished_row(config: Config, run_dir: Path) -> Optional[Dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Dict, Optional
 from accelerate import Accelerator
 
 from sslsec.runs import RunPaths
+
+from sslsec.config import load_config, recipe_differences
 
 if TYPE_CHECKING:
     from sslsec.config import Config
@@ -83,18 +86,64 @@ class Checkpoints:
 
 
 def resume_path(config: Config, checkpoints: Checkpoints) -> Optional[Path]:
-    """The checkpoint that ``config.resume`` asks for: None for a fresh run; refuses to overwrite a run."""
-    if config.resume is False:
-        if checkpoints.latest() is not None:
+    """The checkpoint that ``config.resume`` asks for, or None for a fresh run.
+
+    ``false``: a fresh run, refused where a run already is. ``true``: the latest checkpoint, which must exist.
+    ``auto``: the latest checkpoint if there is one, else a fresh run (for schedulers that requeue jobs).
+    A path: that checkpoint directory. Raises :class:`TrainingError` before anything is written.
+    """
+    resume, latest = config.resume, checkpoints.latest()
+    if resume is False:
+        if latest is not None or RunPaths(config.output_dir).finished():
             raise TrainingError(
                 f"{config.output_dir} already holds a run; pass resume=true to continue it, "
                 "or choose another output_dir"
             )
         return None
-    if config.resume is True:
-        return checkpoints.latest()
-    path = Path(config.resume)
+    if resume == "auto":
+        return latest
+    if resume is True:
+        if latest is None:
+            raise TrainingError(
+                f"resume=true but {config.output_dir} holds no checkpoint to resume (no run there, or its "
+                "checkpoints/latest is missing); check output_dir, or use resume=auto to start a run if none exists"
+            )
+        return latest
+    path = Path(resume)
     if not path.is_dir():
-        raise TrainingError(f"resume={config.resume}: no checkpoint directory there")
+        raise TrainingError(f"resume={resume}: no checkpoint directory there")
     return path
 
+
+def check_same_recipe(config: Config) -> None:
+    """On resume, refuse a recipe that differs from the run's ``config.yaml``: one line naming every key."""
+    saved = RunPaths(config.output_dir).config
+    if not saved.is_file():
+        return
+    differences = recipe_differences(load_config(saved), config)
+    if differences:
+        changed = ", ".join(f"{key}={before!r} -> {now!r}" for key, before, now in differences)
+        raise TrainingError(
+            f"cannot resume {config.output_dir} with another recipe: {changed}; resume with the run's own "
+            "settings (see its config.yaml), or start a new run in another output_dir"
+        )
+
+
+def _logged_step(row: str) -> Optional[int]:
+    """The step of one metrics.jsonl line; None for a line cut short by a kill."""
+    try:
+        return int(json.loads(row)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step``: a resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = [row for row in rows if _logged_step(row) is not None and _logged_step(row) <= step]
+    if len(kept) != len(rows):
+        partial = path.with_name(f".{path.name}.tmp")
+        partial.write_text("".join(kept))
+        os.replace(partial, path)

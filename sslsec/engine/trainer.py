@@ -11,6 +11,8 @@ run directory's layout is :class:`sslsec.runs.RunPaths`.
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +28,8 @@ from sslsec.augment import MultiView
 from sslsec.config import Config, ConfigError, save_config
 from sslsec.data import BatchLoader, load_splits
 from sslsec.engine.accelerator import make_accelerator
-from sslsec.engine.checkpoint import Checkpoints, Progress, TrainingError, resume_path
+from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, check_same_recipe, resume_path,
+                                      truncate_metrics)
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.eval.knn import knn_accuracy
 from sslsec.losses import SECLossOutput
@@ -93,6 +96,41 @@ class NonFiniteWatch:
         )
 
 
+class StopRequest:
+    """SIGTERM (a cluster pre-empting the job) or SIGINT (Ctrl-C) asks the run to stop at a step boundary.
+
+    The handlers only set a flag. One process decides alone at every step; several agree at every log
+    interval (one all-reduce, taken by all of them at the same step), so each checkpoints the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator, self.signal_name = accelerator, None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def requested(self, step: int, interval: int) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.signal_name is not None
+        if step % interval:
+            return False
+        flag = torch.tensor(float(self.signal_name is not None), device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            self.signal_name = self.signal_name or "a signal to another process"
+            return True
+        return False
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
 def pretrain(config: Config) -> Path:
     """Pretrain the method that ``config`` describes; returns the run directory."""
     output_dir = Path(config.output_dir)
@@ -105,6 +143,8 @@ def pretrain(config: Config) -> Path:
     micro_batch = _micro_batch(config, accelerator.num_processes)
     checkpoints = Checkpoints(accelerator, output_dir)
     resume_from = resume_path(config, checkpoints)
+    if resume_from is not None:
+        check_same_recipe(config)  # config.yaml keeps saying how the weights were trained
 
     train, val, test = load_splits(config)
     monitor = val if val is not None else test  # the kNN monitor never looks at the test split when there is val
@@ -139,57 +179,73 @@ def pretrain(config: Config) -> Path:
     forward = torch.compile(model) if config.trainer.compile else model
     watch = NonFiniteWatch(accelerator)
 
+    paths = RunPaths(output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, RunPaths(output_dir).config)
+        if resume_from is None or not paths.config.is_file():
+            save_config(config, paths.config)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if accelerator.is_main_process:
+            truncate_metrics(paths.metrics, progress.step)  # the steps after the checkpoint are logged again
         accelerator.print(f"resumed from {resume_from} at epoch {progress.epoch}, step {progress.step}")
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight})
-    log = MetricsLog(accelerator, RunPaths(output_dir).metrics, seconds_before=progress.seconds)
-    core = accelerator.unwrap_model(model)
-    core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
-    bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds)
+    stop = StopRequest(accelerator)
+    try:
+        core = accelerator.unwrap_model(model)
+        core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
+        bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
-    while progress.epoch < config.trainer.epochs:
-        loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
-        model.train()
-        for images, _ in loader:
-            if progress.batch >= steps_per_epoch * accumulation:
-                break
-            if progress.batch % accumulation == 0:
-                core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
-            with accelerator.accumulate(model):
-                out = train_step(accelerator, forward, optimizer, views(images))
-            watch.record(out.total, progress.step)
-            progress.batch += 1
-            log.add(out._asdict(), len(images))
-            if accelerator.sync_gradients:
-                scheduler.step()
-                progress.step += 1
-                bar.update(1)
-                if progress.step % config.trainer.log_every == 0:
-                    watch.check(steps_per_epoch, checkpoints)
-                    row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                                    sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
-                    bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
-                if config.trainer.max_steps and progress.step >= config.trainer.max_steps:
-                    watch.check(steps_per_epoch, checkpoints)
-                    progress.seconds = log.elapsed()
-                    checkpoints.save(progress.step)
-                    bar.close()
-                    accelerator.print(f"stopped at trainer.max_steps={config.trainer.max_steps}")
-                    finish_trackers(accelerator)
-                    return output_dir
-        progress.epoch, progress.batch = progress.epoch + 1, 0
-        watch.check(steps_per_epoch, checkpoints)  # before the epoch's kNN monitor and checkpoint
-        _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
+        while progress.epoch < config.trainer.epochs:
+            loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
+            model.train()
+            for images, _ in loader:
+                if progress.batch >= steps_per_epoch * accumulation:
+                    break
+                if progress.batch % accumulation == 0:
+                    core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
+                with accelerator.accumulate(model):
+                    out = train_step(accelerator, forward, optimizer, views(images))
+                watch.record(out.total, progress.step)
+                progress.batch += 1
+                log.add(out._asdict(), len(images))
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    progress.step += 1
+                    bar.update(1)
+                    if progress.step % config.trainer.log_every == 0:
+                        watch.check(steps_per_epoch, checkpoints)
+                        row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
+                                        sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
+                        bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
+                    every = config.trainer.checkpoint_every_steps
+                    if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
+                        watch.check(steps_per_epoch, checkpoints)  # (an epoch's last step is saved at its end)
+                        progress.seconds = log.elapsed()
+                        checkpoints.save(progress.step)
+                    limit = config.trainer.max_steps and progress.step >= config.trainer.max_steps
+                    if limit or stop.requested(progress.step, config.trainer.log_every):
+                        watch.check(steps_per_epoch, checkpoints)
+                        progress.seconds = log.elapsed()
+                        saved = checkpoints.save(progress.step)
+                        bar.close()
+                        accelerator.print(f"stopped at trainer.max_steps={config.trainer.max_steps}" if limit else
+                                          f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {saved}. "
+                                          "Resume with the same command and resume=true")
+                        finish_trackers(accelerator)
+                        return output_dir
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            watch.check(steps_per_epoch, checkpoints)  # before the epoch's kNN monitor and checkpoint
+            _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
 
-    bar.close()
-    _save_final(accelerator, core, config, train.channels, output_dir)
-    finish_trackers(accelerator)
-    return output_dir
+        bar.close()
+        _save_final(accelerator, core, config, train.channels, output_dir)
+        finish_trackers(accelerator)
+        return output_dir
+    finally:
+        stop.restore()  # the caller's own signal handlers are back after the run, whatever happened
 
 
 def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views) -> SECLossOutput:

@@ -1,0 +1,102 @@
+"""Runs that survive: a real SIGKILL at a random step, SIGTERM, resume where there is nothing to resume, and a
+changed recipe on resume. The training runs are real subprocesses of scripts/pretrain.py."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: bit-identical reductions
+
+
+def _argv(npz_root, output_dir, *extra):
+    return [sys.executable, str(REPO / "scripts" / "pretrain.py"), "data.name=npz", f"data.root={npz_root}",
+            "model.backbone=small_cnn", "model.projection_hidden_dim=64", "model.projection_dim=32",
+            "trainer.batch_size=16", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=0",
+            "trainer.checkpoint_every_steps=1", "optim.warmup_epochs=0", "loss.sec_weight=0.3",
+            "loss.sec_schedule=linear", "loss.sec_momentum=0.1", f"output_dir={output_dir}", *extra]
+
+
+def _run(argv, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300, **kwargs)
+
+
+def _steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _start_and_wait_for(argv, run_dir, rows):
+    """Start a training subprocess and return it once metrics.jsonl holds ``rows`` complete rows."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().count("\n") >= rows:
+            return process
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"the run ended or stalled before logging {rows} rows: {process.communicate()[1][-2000:]}")
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical_with_no_duplicate_rows(npz_root, tmp_path):
+    straight = _run(_argv(npz_root, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_at = random.randint(2, 14)  # 16 steps in all; any step must do
+    victim = _start_and_wait_for(_argv(npz_root, tmp_path / "killed"), tmp_path / "killed", killed_at)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    resumed = _run(_argv(npz_root, tmp_path / "killed", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected = load_file(tmp_path / "straight" / "backbone.safetensors")
+    got = load_file(tmp_path / "killed" / "backbone.safetensors")
+    assert all(torch.equal(expected[key], got[key]) for key in expected), f"killed after {killed_at} rows"
+    assert _steps(tmp_path / "killed") == _steps(tmp_path / "straight") == list(range(1, 17))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_the_next_step_and_exits_0_saying_how_to_resume(npz_root, tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start_and_wait_for(_argv(npz_root, run_dir, "trainer.checkpoint_every_steps=null",
+                                        "trainer.epochs=50"), run_dir, 2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    assert "stopped by SIGTERM at step" in out and "resume=true" in out
+    step = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert (run_dir / "checkpoints" / f"step_{step:08d}").is_dir()
+    assert not (run_dir / "backbone.safetensors").exists()
+    assert _steps(run_dir)[-1] == step
+
+
+@pytest.mark.slow
+def test_bad_resumes_are_one_line_exit_2_and_leave_the_run_untouched(npz_root, tmp_path):
+    nothing = _run(_argv(npz_root, tmp_path / "typo", "resume=true"))
+    assert nothing.returncode == 2 and len(nothing.stderr.strip().splitlines()) == 1
+    assert "holds no checkpoint to resume" in nothing.stderr and not (tmp_path / "typo").exists()
+
+    run_dir = tmp_path / "run"
+    assert _run(_argv(npz_root, run_dir, "trainer.max_steps=3")).returncode == 0
+    config_before = (run_dir / "config.yaml").read_text()
+    changed = _run(_argv(npz_root, run_dir, "resume=true", "loss.sec_weight=1.0", "optim.lr=0.5"))
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
+    assert "loss.sec_weight=0.3 -> 1.0" in changed.stderr and "optim.lr=" in changed.stderr
+    assert (run_dir / "config.yaml").read_text() == config_before
+
+    # settings that do not change the weights may differ; resume=auto continues the run that exists
+    auto = _run(_argv(npz_root, run_dir, "resume=auto", "trainer.log_every=2", "trainer.max_steps=null"))
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert (run_dir / "backbone.safetensors").is_file() and (run_dir / "config.yaml").read_text() == config_before
+    fresh = _run(_argv(npz_root, tmp_path / "fresh", "resume=auto", "trainer.max_steps=2"))
+    assert fresh.returncode == 0 and "resumed" not in fresh.stdout
