@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
@@ -42,12 +44,51 @@ class Progress:
         self.seconds = state.get("seconds", 0.0)
 
 
-class Checkpoints:
-    """``output_dir/checkpoints/step_XXXXXXXX`` directories, written atomically.
+MANIFEST = "manifest.json"
 
-    ``save_state`` writes into a temporary directory that is renamed into place only when
-    complete; the ``latest`` file is then replaced atomically. A killed run therefore never
-    leaves a half-written checkpoint as the latest.
+
+def write_manifest(folder: Path) -> None:
+    """``folder/manifest.json``: the size and SHA-256 of every file in ``folder``, written last."""
+    entries = {str(path.relative_to(folder)): [path.stat().st_size, _sha256(path)]
+               for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def damage(folder: Path) -> Optional[str]:
+    """Why the checkpoint ``folder`` cannot be trusted (a file missing, cut short or changed), or None."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return "no manifest.json (written last, so the save did not finish)"
+    try:
+        entries = json.loads(manifest.read_text())
+    except ValueError:
+        return "manifest.json is unreadable"
+    for name, (size, digest) in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not {size}"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Checkpoints:
+    """``output_dir/checkpoints/step_XXXXXXXX`` directories, written atomically and verified when loaded.
+
+    ``save_state`` writes into a temporary directory with a manifest of file sizes and hashes written last;
+    the directory is renamed into place only when complete, then the ``latest`` file is replaced atomically.
+    A killed run therefore never leaves a half-written checkpoint as the latest, and :meth:`usable` skips one
+    damaged afterwards (a truncated file, a full disk) for the previous good one, with a warning.
     """
 
     def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
@@ -62,6 +103,28 @@ class Checkpoints:
         path = self.root / pointer.read_text().strip()
         return path if path.is_dir() else None
 
+    def usable(self) -> Optional[Path]:
+        """The newest checkpoint that passes its manifest check; a warning line for each damaged one skipped.
+
+        Raises :class:`TrainingError` when checkpoints exist but none is usable; None when there are none.
+        """
+        latest = self.latest()
+        candidates = sorted(self.root.glob("step_*"), reverse=True) if self.root.is_dir() else []
+        if latest is not None:  # the pointer's choice first
+            candidates = [latest] + [path for path in candidates if path != latest]
+        problems = []
+        for path in candidates:
+            reason = damage(path)
+            if reason is None:
+                return path
+            problems.append(f"{path.name}: {reason}")
+            if self.accelerator.is_main_process:
+                print(f"warning: checkpoint {path} is damaged ({reason}); trying the previous one", file=sys.stderr)
+        if problems:
+            raise TrainingError(f"no usable checkpoint in {self.root} ({'; '.join(problems)}); start a new run "
+                                "in another output_dir")
+        return None
+
     def save(self, step: int) -> Path:
         accelerator = self.accelerator
         final = self.root / f"step_{step:08d}"
@@ -74,6 +137,7 @@ class Checkpoints:
         accelerator.save_state(str(partial), safe_serialization=False)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            write_manifest(partial)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
             pointer = self.root / ".latest.tmp"
@@ -92,26 +156,29 @@ def resume_path(config: Config, checkpoints: Checkpoints) -> Optional[Path]:
     ``auto``: the latest checkpoint if there is one, else a fresh run (for schedulers that requeue jobs).
     A path: that checkpoint directory. Raises :class:`TrainingError` before anything is written.
     """
-    resume, latest = config.resume, checkpoints.latest()
+    resume = config.resume
+    exists = checkpoints.latest() is not None or any(checkpoints.root.glob("step_*"))
     if resume is False:
-        if latest is not None or RunPaths(config.output_dir).finished():
+        if exists or RunPaths(config.output_dir).finished():
             raise TrainingError(
                 f"{config.output_dir} already holds a run; pass resume=true to continue it, "
                 "or choose another output_dir"
             )
         return None
     if resume == "auto":
-        return latest
+        return checkpoints.usable()
     if resume is True:
-        if latest is None:
+        if not exists:
             raise TrainingError(
                 f"resume=true but {config.output_dir} holds no checkpoint to resume (no run there, or its "
                 "checkpoints/latest is missing); check output_dir, or use resume=auto to start a run if none exists"
             )
-        return latest
+        return checkpoints.usable()
     path = Path(resume)
     if not path.is_dir():
         raise TrainingError(f"resume={resume}: no checkpoint directory there")
+    if (path / MANIFEST).is_file() and damage(path) is not None:
+        raise TrainingError(f"resume={resume}: the checkpoint is damaged ({damage(path)})")
     return path
 
 

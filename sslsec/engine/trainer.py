@@ -150,6 +150,7 @@ def pretrain(config: Config) -> Path:
     monitor = val if val is not None else test  # the kNN monitor never looks at the test split when there is val
     set_seed(config.trainer.seed)  # the same initial weights on every process
     model = build_method(config, train.channels, distributed=accelerator.num_processes > 1)
+    _check_view_size(model.backbone, train.channels, config.data.crop_size or train.image_size, config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     set_seed(config.trainer.seed, device_specific=True)  # different views on every process
@@ -246,6 +247,20 @@ def pretrain(config: Config) -> Path:
         return output_dir
     finally:
         stop.restore()  # the caller's own signal handlers are back after the run, whatever happened
+
+
+@torch.no_grad()
+def _check_view_size(backbone: nn.Module, channels: int, size: int, config: Config) -> None:
+    """One error line, before the run directory exists, for views the backbone cannot take (too small)."""
+    was_training = backbone.training
+    try:
+        backbone.eval()(torch.zeros(1, channels, size, size))
+    except RuntimeError:
+        raise ConfigError(f"{size} px views are too small for model.backbone={config.model.backbone}"
+                          f"{' (cifar_stem=false)' if not config.model.cifar_stem else ''}: its downsampling "
+                          "leaves nothing; use larger images or data.crop_size, or another backbone") from None
+    finally:
+        backbone.train(was_training)
 
 
 def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views) -> SECLossOutput:

@@ -100,3 +100,40 @@ def test_bad_resumes_are_one_line_exit_2_and_leave_the_run_untouched(npz_root, t
     assert (run_dir / "backbone.safetensors").is_file() and (run_dir / "config.yaml").read_text() == config_before
     fresh = _run(_argv(npz_root, tmp_path / "fresh", "resume=auto", "trainer.max_steps=2"))
     assert fresh.returncode == 0 and "resumed" not in fresh.stdout
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(npz_root, tmp_path):
+    straight = _run(_argv(npz_root, tmp_path / "straight"))
+    run_dir = tmp_path / "run"
+    assert _run(_argv(npz_root, run_dir, "trainer.max_steps=5")).returncode == 0
+    newest, previous = sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
+    model_file = next(path for path in newest.rglob("*.bin"))
+    model_file.write_bytes(model_file.read_bytes()[:100])  # a disk that filled up, a copy cut short
+
+    resumed = _run(_argv(npz_root, run_dir, "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and newest.name in warnings[0] and "damaged" in warnings[0]
+    assert f"resumed from {previous}" in resumed.stdout
+    expected, got = load_file(tmp_path / "straight" / "backbone.safetensors"), load_file(run_dir / "backbone.safetensors")
+    assert straight.returncode == 0 and all(torch.equal(expected[key], got[key]) for key in expected)
+
+    broken = tmp_path / "broken"
+    assert _run(_argv(npz_root, broken, "trainer.max_steps=3")).returncode == 0
+    for checkpoint in (broken / "checkpoints").glob("step_*"):
+        (checkpoint / "manifest.json").unlink()
+    failed = _run(_argv(npz_root, broken, "resume=true"))
+    errors = [line for line in failed.stderr.splitlines() if not line.startswith("warning:")]
+    assert failed.returncode == 2 and len(errors) == 1 and "no usable checkpoint" in errors[0]
+
+
+def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory(npz_root, tmp_path):
+    from sslsec.config import ConfigError, load_config
+    from sslsec.engine import pretrain
+
+    config = load_config(None, ["data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn",
+                                "data.crop_size=4", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="4 px views are too small for model.backbone=small_cnn"):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()
