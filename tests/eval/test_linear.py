@@ -87,4 +87,4 @@ def test_random_init_probe_on_fashion_mnist(tmp_path, capsys):
                        "data.test_limit=1000", "model.backbone=small_cnn", "eval.probe_epochs=20",
                        f"output_dir={tmp_path / 'baseline'}"])
     assert "linear top-1" in capsys.readouterr().out
-    assert json.loads((tmp_path / "baseline" / "linear_probe.json").read_text())["top1"] > 60.0
+    assert json.loads((tmp_path / "baseline" / "random_init" / "linear_probe.json").read_text())["top1"] > 60.0
