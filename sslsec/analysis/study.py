@@ -120,7 +120,7 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
     configs = {  # all built (and validated) before any work
         (variant, seed): load_config(config_path, [
             *overrides, *variant_overrides(variant, base.loss), f"trainer.seed={seed}",
-            f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=true"])
+            f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=auto"])
         for variant in variants for seed in range(seeds)}
     for config in configs.values():
         _check_same_recipe(config, Path(config.output_dir))

@@ -24,7 +24,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _overrides(npz_root, output_dir, *extra):
     return [
-        "data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn", "model.projection_hidden_dim=64",
+        "data.name=npz", f"data.root={npz_root}", "data.val_size=null", "trainer.mixed_precision=no",
+        "model.backbone=small_cnn",
+        "model.projection_hidden_dim=64",
         "model.projection_dim=32", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=1",
         "trainer.eval_every=1", "trainer.checkpoint_every=1", "optim.warmup_epochs=0", "eval.knn_k=10",
         "eval.probe_epochs=5", f"output_dir={output_dir}", *extra,
@@ -103,7 +105,7 @@ def test_study_writes_the_table_json_and_plots(study):
 
     table = (output_dir / "study.md").read_text()
     assert table in printed
-    assert f"| sec | 0.5 | constant | 1 | {rows[0]['linear_top1']:.2f} | {rows[0]['knn_top1']:.2f} |" in table
+    assert f"| sec | 0.5 | linear | 1 | {rows[0]['linear_top1']:.2f} | {rows[0]['knn_top1']:.2f} |" in table
     assert "| epoch | sec | l2 |" in table and f"| 2 | {rows[0]['knn_per_epoch'][1][1]:.2f} |" in table
     for name in ("study_knn.png", "study_norms.png"):
         assert (output_dir / name).read_bytes()[:8] == PNG
