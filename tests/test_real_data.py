@@ -25,5 +25,5 @@ def test_short_simclr_sec_pretraining_beats_random_weights_on_the_validation_spl
     trained = json.loads((tmp_path / "run" / "linear_probe.json").read_text())
     random = json.loads((tmp_path / "run" / "random_init" / "linear_probe.json").read_text())
     assert trained["val_size"] == random["val_size"] == 2000 and trained["train_size"] == 10000
-    # measured: linear 84.6 vs 82.5 %, kNN 77.2 vs 75.0 % on the validation split
+    # measured: linear 85.10 vs 82.95 %, kNN 75.85 vs 74.60 % on the validation split (random weights second)
     assert trained["val_top1"] > random["val_top1"] and trained["val_knn_top1"] > random["val_knn_top1"]
