@@ -137,3 +137,42 @@ def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory
     with pytest.raises(ConfigError, match="4 px views are too small for model.backbone=small_cnn"):
         pretrain(config)
     assert not (tmp_path / "run").exists()
+
+
+def _torchrun(npz_root, output_dir, *extra):
+    argv = _argv(npz_root, output_dir, *extra)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv[1:]]
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_path):
+    hook = Path(__file__).parent / "nan_on_rank1"
+    env = {**ENV, "SSLSEC_TEST_NAN_STEP": "3", "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get(
+        "PYTHONPATH", "")])}
+    process = subprocess.run(_torchrun(npz_root, tmp_path / "run", "trainer.log_every=4"), capture_output=True,
+                             text=True, env=env, cwd=REPO, timeout=300)  # a hang would time out here
+    assert process.returncode != 0
+    assert process.stderr.count("non-finite loss at step 3 (epoch 0)") == 2  # each process names the same step
+    saved = [int(path.name.split("_")[1]) for path in (tmp_path / "run" / "checkpoints").glob("step_*")]
+    assert saved and max(saved) <= 3  # checkpoints of steps 1-3 (every step), none after the bad one
+
+
+@pytest.mark.slow
+def test_two_processes_killed_at_a_random_step_resume_bit_identically(npz_root, tmp_path):
+    straight = _run(_torchrun(npz_root, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed_at = random.randint(2, 14)  # 16 global steps, as in one process
+    victim = subprocess.Popen(_torchrun(npz_root, tmp_path / "killed"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO, start_new_session=True)
+    metrics, deadline = tmp_path / "killed" / "metrics.jsonl", time.monotonic() + 180
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= killed_at):
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both workers at once
+    victim.communicate()
+    resumed = _run(_torchrun(npz_root, tmp_path / "killed", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = load_file(tmp_path / "straight" / "backbone.safetensors")
+    got = load_file(tmp_path / "killed" / "backbone.safetensors")
+    assert all(torch.equal(expected[key], got[key]) for key in expected), f"killed after {killed_at} rows"
+    assert _steps(tmp_path / "killed") == _steps(tmp_path / "straight") == list(range(1, 17))
