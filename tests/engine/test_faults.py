@@ -36,8 +36,9 @@ def _steps(run_dir):
 
 def _start_and_wait_for(argv, run_dir, rows):
     """Start a training subprocess and return it once metrics.jsonl holds ``rows`` complete rows."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
-    deadline = time.monotonic() + 120
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO,
+                               start_new_session=True)  # its own process group: a launcher and its workers
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         metrics = run_dir / "metrics.jsonl"
         if metrics.is_file() and metrics.read_text().count("\n") >= rows:
@@ -47,16 +48,22 @@ def _start_and_wait_for(argv, run_dir, rows):
     pytest.fail(f"the run ended or stalled before logging {rows} rows: {process.communicate()[1][-2000:]}")
 
 
+def _torchrun(npz_root, output_dir, *extra):
+    argv = _argv(npz_root, output_dir, *extra)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv[1:]]
+
+
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical_with_no_duplicate_rows(npz_root, tmp_path):
-    straight = _run(_argv(npz_root, tmp_path / "straight"))
+@pytest.mark.parametrize("launch", [_argv, _torchrun], ids=["one_process", "two_processes"])
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical_with_no_duplicate_rows(npz_root, tmp_path, launch):
+    straight = _run(launch(npz_root, tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed_at = random.randint(2, 14)  # 16 steps in all; any step must do
-    victim = _start_and_wait_for(_argv(npz_root, tmp_path / "killed"), tmp_path / "killed", killed_at)
-    victim.send_signal(signal.SIGKILL)
+    killed_at = random.randint(2, 14)  # 16 global steps in all, with one process or two; any step must do
+    victim = _start_and_wait_for(launch(npz_root, tmp_path / "killed"), tmp_path / "killed", killed_at)
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole group: with torchrun, the launcher and both workers at once
     victim.communicate()
-    resumed = _run(_argv(npz_root, tmp_path / "killed", "resume=true"))
+    resumed = _run(launch(npz_root, tmp_path / "killed", "resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     expected = load_file(tmp_path / "straight" / "backbone.safetensors")
@@ -139,10 +146,6 @@ def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory
     assert not (tmp_path / "run").exists()
 
 
-def _torchrun(npz_root, output_dir, *extra):
-    argv = _argv(npz_root, output_dir, *extra)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv[1:]]
-
 
 @pytest.mark.slow
 def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_path):
@@ -155,24 +158,3 @@ def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_p
     assert process.stderr.count("non-finite loss at step 3 (epoch 0)") == 2  # each process names the same step
     saved = [int(path.name.split("_")[1]) for path in (tmp_path / "run" / "checkpoints").glob("step_*")]
     assert saved and max(saved) <= 3  # checkpoints of steps 1-3 (every step), none after the bad one
-
-
-@pytest.mark.slow
-def test_two_processes_killed_at_a_random_step_resume_bit_identically(npz_root, tmp_path):
-    straight = _run(_torchrun(npz_root, tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed_at = random.randint(2, 14)  # 16 global steps, as in one process
-    victim = subprocess.Popen(_torchrun(npz_root, tmp_path / "killed"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO, start_new_session=True)
-    metrics, deadline = tmp_path / "killed" / "metrics.jsonl", time.monotonic() + 180
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= killed_at):
-        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both workers at once
-    victim.communicate()
-    resumed = _run(_torchrun(npz_root, tmp_path / "killed", "resume=true"))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected = load_file(tmp_path / "straight" / "backbone.safetensors")
-    got = load_file(tmp_path / "killed" / "backbone.safetensors")
-    assert all(torch.equal(expected[key], got[key]) for key in expected), f"killed after {killed_at} rows"
-    assert _steps(tmp_path / "killed") == _steps(tmp_path / "straight") == list(range(1, 17))
