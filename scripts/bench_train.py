@@ -35,12 +35,11 @@ from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
 from sslsec.methods import build_augment, build_method
 
 
-def lightly_transform(config, dataset):
+def lightly_transform(config, dataset, crop_scale):
     """lightly's SimCLRTransform with the config's recipe (colour ops off for grayscale, as sslsec does)."""
     from lightly.transforms import SimCLRTransform
 
     recipe, color = config.augment, dataset.channels == 3
-    crop_scale = recipe.crop_scale or build_augment(config, dataset).crop_scale
     size = config.data.crop_size or dataset.image_size
     return SimCLRTransform(
         input_size=size, cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
@@ -93,7 +92,8 @@ def main() -> None:
     premade = [views(images) for images in batches]
     watch = NonFiniteWatch(accelerator)
     lightly_loader = torch.utils.data.DataLoader(
-        PILImages(dataset.images, lightly_transform(config, dataset)), batch_size=batch_size, shuffle=True,
+        PILImages(dataset.images, lightly_transform(config, dataset, views.augment.crop_scale)),
+        batch_size=batch_size, shuffle=True,
         num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
         pin_memory=device.type == "cuda")
 

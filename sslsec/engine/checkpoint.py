@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 from accelerate import Accelerator
 
-from sslsec.runs import RunPaths
-
 from sslsec.config import load_config, recipe_differences
+from sslsec.runs import RunPaths
 
 if TYPE_CHECKING:
     from sslsec.config import Config
@@ -177,8 +176,9 @@ def resume_path(config: Config, checkpoints: Checkpoints) -> Optional[Path]:
     path = Path(resume)
     if not path.is_dir():
         raise TrainingError(f"resume={resume}: no checkpoint directory there")
-    if (path / MANIFEST).is_file() and damage(path) is not None:
-        raise TrainingError(f"resume={resume}: the checkpoint is damaged ({damage(path)})")
+    reason = damage(path) if (path / MANIFEST).is_file() else None  # checkpoints older than the manifest pass
+    if reason is not None:
+        raise TrainingError(f"resume={resume}: the checkpoint is damaged ({reason})")
     return path
 
 
@@ -209,7 +209,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = path.read_text().splitlines(keepends=True)
-    kept = [row for row in rows if _logged_step(row) is not None and _logged_step(row) <= step]
+    kept = [row for row in rows if (logged := _logged_step(row)) is not None and logged <= step]
     if len(kept) != len(rows):
         partial = path.with_name(f".{path.name}.tmp")
         partial.write_text("".join(kept))

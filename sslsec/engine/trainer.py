@@ -223,14 +223,10 @@ def pretrain(config: Config) -> Path:
                         bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                     every = config.trainer.checkpoint_every_steps
                     if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
-                        watch.check(steps_per_epoch, checkpoints)  # (an epoch's last step is saved at its end)
-                        progress.seconds = log.elapsed()
-                        checkpoints.save(progress.step)
+                        _checked_save(watch, checkpoints, progress, log, steps_per_epoch)  # epoch ends: below
                     limit = config.trainer.max_steps and progress.step >= config.trainer.max_steps
                     if limit or stop.requested(progress.step, config.trainer.log_every):
-                        watch.check(steps_per_epoch, checkpoints)
-                        progress.seconds = log.elapsed()
-                        saved = checkpoints.save(progress.step)
+                        saved = _checked_save(watch, checkpoints, progress, log, steps_per_epoch)
                         bar.close()
                         accelerator.print(f"stopped at trainer.max_steps={config.trainer.max_steps}" if limit else
                                           f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {saved}. "
@@ -261,6 +257,14 @@ def _check_view_size(backbone: nn.Module, channels: int, size: int, config: Conf
                           "leaves nothing; use larger images or data.crop_size, or another backbone") from None
     finally:
         backbone.train(was_training)
+
+
+def _checked_save(watch: NonFiniteWatch, checkpoints: Checkpoints, progress: Progress, log: MetricsLog,
+                  steps_per_epoch: int) -> Path:
+    """A mid-epoch checkpoint: the loss checked first (none is written after a bad step), the time recorded."""
+    watch.check(steps_per_epoch, checkpoints)
+    progress.seconds = log.elapsed()
+    return checkpoints.save(progress.step)
 
 
 def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views) -> SECLossOutput:

@@ -77,10 +77,12 @@ def _fit(epoch_data: Callable[[int], Features], num_classes: int, *, epochs: int
         raise ValueError(f"unknown probe schedule {schedule!r}; choose one of {', '.join(PROBE_SCHEDULES)}")
     generator = torch.Generator().manual_seed(seed)
     features, labels = epoch_data(0)
-    var, mean = torch.var_mean(features.float(), dim=0)
-    if not standardize:
-        var, mean = torch.full_like(var, 1 - 1e-6), torch.zeros_like(mean)
-    classifier = LinearClassifier(mean, (var + 1e-6).sqrt(), num_classes, generator).to(device)
+    if standardize:
+        var, mean = torch.var_mean(features.float(), dim=0)
+        std = (var + 1e-6).sqrt()
+    else:  # the identity: a plain linear layer on the raw features
+        mean, std = torch.zeros(features.shape[1]), torch.ones(features.shape[1])
+    classifier = LinearClassifier(mean, std, num_classes, generator).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     if schedule == "cosine":
@@ -124,8 +126,7 @@ def probe_on_features(train_features: Features, test_features: Features, num_cla
     classifier = fit_linear_classifier(train_features[0].to(device), train_features[1].to(device), num_classes,
                                        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                        seed=seed)
-    with torch.no_grad():
-        return classification_scores(classifier(test_features[0].to(device)), test_features[1].to(device))
+    return _scores(classifier, test_features, device)
 
 
 def linear_probe(
