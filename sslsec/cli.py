@@ -26,7 +26,7 @@ from sslsec.analysis.diagnostics import diagnose_run
 from sslsec.config import Config, ConfigError, config_keys, load_config
 from sslsec.data import DatasetError, load_splits
 from sslsec.engine import TrainingError, make_accelerator, pretrain
-from sslsec.eval import EvaluationError, evaluate_backbone, random_backbone
+from sslsec.eval import EvaluationError, eval_crop_size, evaluate_backbone, random_backbone
 from sslsec.runs import RunError, RunPaths, load_run, load_saved_backbone
 
 USER_ERRORS = (ConfigError, DatasetError, EvaluationError, RunError, TrainingError, FileNotFoundError)
@@ -107,7 +107,7 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     accelerator = accelerator or make_accelerator(mixed_precision=config.trainer.mixed_precision)
     start = time.perf_counter()
     result = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator,
-                               seed=config.trainer.seed, val=val, crop_size=config.data.crop_size)
+                               seed=config.trainer.seed, val=val, crop_size=eval_crop_size(config))
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:

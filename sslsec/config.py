@@ -140,6 +140,9 @@ class EvalConfig:
     probe_augment: bool = False  # random-crop + flip protocol instead of cached features
     probe_schedule: str = "cosine"  # or "step": x0.2 at 60/75/90 % of the epochs (the SEC authors' protocol)
     probe_standardize: bool = True  # False: a plain linear layer on raw features (published protocols, lr ~5)
+    # Views smaller than the stored images (data.crop_size): score their center crop (true: resize 256 / crop 224)
+    # or the whole stored image (false: views trained as zoomed-in crops at a lower resolution, as FixRes)
+    center_crop: bool = True
 
 
 @dataclass

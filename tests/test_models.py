@@ -51,6 +51,17 @@ def test_backbones_give_flat_features_of_their_declared_width(name, cifar_stem, 
         assert backbone.conv1.kernel_size == ((3, 3) if cifar_stem else (7, 7))
 
 
+def test_small_cnn_keeps_the_edge_of_a_7px_map_and_reads_the_third_stage_too():
+    backbone = build_backbone("small_cnn", 1).eval()
+    maps = []
+    for stage in backbone.stages:
+        stage.register_forward_hook(lambda module, inputs, output: maps.append(output))
+    features = backbone(torch.randn(2, 1, 28, 28))
+    assert [m.shape[-1] for m in maps] == [28, 14, 7, 4]  # a floor pool would drop the 7 px map's last row
+    assert backbone.feature_dim == 128 + 256
+    assert torch.allclose(features, torch.cat([maps[2].mean((2, 3)), maps[3].mean((2, 3))], dim=1))
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="unknown backbone 'vit'; choose one of resnet18, resnet50, small_cnn"):
         build_backbone("vit")

@@ -25,5 +25,5 @@ def test_short_simclr_sec_pretraining_beats_random_weights_on_the_validation_spl
     trained = json.loads((tmp_path / "run" / "linear_probe.json").read_text())
     random = json.loads((tmp_path / "run" / "random_init" / "linear_probe.json").read_text())
     assert trained["val_size"] == random["val_size"] == 2000 and trained["train_size"] == 10000
-    # measured: linear 85.10 vs 82.95 %, kNN 75.85 vs 74.60 % on the validation split (random weights second)
+    # measured: linear 86.45 vs 85.10 %, kNN 75.35 vs 69.55 % on the validation split (random weights second)
     assert trained["val_top1"] > random["val_top1"] and trained["val_knn_top1"] > random["val_knn_top1"]

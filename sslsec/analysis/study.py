@@ -35,7 +35,7 @@ from sslsec.analysis.diagnostics import matplotlib_figure, projection_samples, s
 from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
 from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
-from sslsec.eval import evaluate_backbone
+from sslsec.eval import eval_crop_size, evaluate_backbone
 from sslsec.methods import build_augment
 from sslsec.models import readable_like_other_files
 from sslsec.runs import RunPaths, load_projection_head, load_saved_backbone
@@ -184,7 +184,7 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
     backbone = load_saved_backbone(RunPaths(run_dir).backbone)
     train, val, test = load_splits(config)
     probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
-                              val=val, crop_size=config.data.crop_size)
+                              val=val, crop_size=eval_crop_size(config))
     if accelerator.is_main_process:
         head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
         samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),

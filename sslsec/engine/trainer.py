@@ -32,6 +32,7 @@ from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, chec
                                       truncate_metrics)
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.eval.knn import knn_accuracy
+from sslsec.eval.protocol import eval_crop_size
 from sslsec.losses import SECLossOutput
 from sslsec.methods import build_augment, build_method
 from sslsec.models import save_backbone, save_module
@@ -287,7 +288,7 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
         _share_batchnorm_statistics(accelerator, core.backbone)
         top1 = knn_accuracy(
             core.backbone, train, monitor, k=config.eval.knn_k,
-            temperature=config.eval.knn_temperature, accelerator=accelerator, crop_size=config.data.crop_size,
+            temperature=config.eval.knn_temperature, accelerator=accelerator, crop_size=eval_crop_size(config),
         )
         split = "val" if config.data.val_size is not None else "test"
         log.write({"step": progress.step, "epoch": epoch, "knn_top1": top1, "knn_split": split}, progress.step)

@@ -45,6 +45,11 @@ def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: Eval
     return {**result, "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature}
 
 
+def eval_crop_size(config: Config) -> Optional[int]:
+    """The view size evaluation scores at: ``data.crop_size``, or None (whole images) if not ``eval.center_crop``."""
+    return config.data.crop_size if config.eval.center_crop else None
+
+
 def random_backbone(config: Config, in_channels: int) -> nn.Module:
     """The untrained ``config.model`` backbone, initialized from ``trainer.seed``: the baseline for every SSL number."""
     with torch.random.fork_rng(devices=[]):

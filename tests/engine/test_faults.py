@@ -140,8 +140,8 @@ def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory
     from sslsec.engine import pretrain
 
     config = load_config(None, ["data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn",
-                                "data.crop_size=4", f"output_dir={tmp_path / 'run'}"])
-    with pytest.raises(ConfigError, match="4 px views are too small for model.backbone=small_cnn"):
+                                "data.crop_size=2", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="2 px views are too small for model.backbone=small_cnn"):
         pretrain(config)
     assert not (tmp_path / "run").exists()
 

@@ -140,3 +140,17 @@ def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method)
     if method == "moco":
         checkpoint = torch.load(next((run / "checkpoints").glob("step_*")) / "pytorch_model.bin", weights_only=False)
         assert int(checkpoint["criterion._extra_state"]["bank_ptr"]) == 8 * 32  # keys of both processes
+
+
+@pytest.mark.parametrize("center_crop, scored_at", [(True, 12), (False, None)])
+def test_knn_monitor_scores_center_crops_or_whole_images_of_views_trained_smaller(npz_root, tmp_path, monkeypatch,
+                                                                                  center_crop, scored_at):
+    import sslsec.engine.trainer as trainer
+
+    seen = []
+    real = trainer.knn_accuracy
+    monkeypatch.setattr(trainer, "knn_accuracy", lambda *args, **kwargs: seen.append(kwargs["crop_size"]) or
+                        real(*args, **kwargs))
+    pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=1", "data.crop_size=12",
+                                          f"eval.center_crop={str(center_crop).lower()}")))
+    assert seen == [scored_at]

@@ -40,6 +40,14 @@ def test_features_of_images_stored_larger_than_the_views_come_from_the_center_cr
     assert torch.allclose(features, expected, atol=1e-4)
 
 
+def test_eval_center_crop_false_scores_whole_images_whatever_the_view_size():
+    from sslsec.config import load_config
+    from sslsec.eval import eval_crop_size
+
+    assert eval_crop_size(load_config(None, ["data.crop_size=20"])) == 20
+    assert eval_crop_size(load_config(None, ["data.crop_size=20", "eval.center_crop=false"])) is None  # whole images
+
+
 def test_channel_mismatch_is_a_clear_error():
     with pytest.raises(EvaluationError, match="3-channel images but data set 'templates' has 1-channel"):
         extract_features(small_cnn(in_channels=3), template_dataset(2))
