@@ -32,7 +32,7 @@ from sslsec.config import load_config
 from sslsec.data import BatchLoader, load_split
 from sslsec.engine.accelerator import make_accelerator
 from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
-from sslsec.methods import build_augment, build_method
+from sslsec.methods import build_augment, build_method, view_size
 
 
 def lightly_transform(config, dataset, crop_scale):
@@ -40,9 +40,8 @@ def lightly_transform(config, dataset, crop_scale):
     from lightly.transforms import SimCLRTransform
 
     recipe, color = config.augment, dataset.channels == 3
-    size = config.data.crop_size or dataset.image_size
     return SimCLRTransform(
-        input_size=size, cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
+        input_size=view_size(config, dataset), cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
         cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0, cj_hue=recipe.hue if color else 0.0,
         min_scale=crop_scale[0], random_gray_scale=recipe.grayscale_prob if color else 0.0,
         gaussian_blur=recipe.blur_prob or 0.0, hf_prob=recipe.hflip_prob,

@@ -34,7 +34,7 @@ from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.eval.knn import knn_accuracy
 from sslsec.eval.protocol import eval_crop_size
 from sslsec.losses import SECLossOutput
-from sslsec.methods import build_augment, build_method
+from sslsec.methods import build_augment, build_method, view_size
 from sslsec.models import save_backbone, save_module
 from sslsec.runs import RunPaths
 
@@ -151,7 +151,7 @@ def pretrain(config: Config) -> Path:
     monitor = val if val is not None else test  # the kNN monitor never looks at the test split when there is val
     set_seed(config.trainer.seed)  # the same initial weights on every process
     model = build_method(config, train.channels, distributed=accelerator.num_processes > 1)
-    _check_view_size(model.backbone, train.channels, config.data.crop_size or train.image_size, config)
+    _check_view_size(model.backbone, train.channels, view_size(config, train), config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     set_seed(config.trainer.seed, device_specific=True)  # different views on every process

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo}
 
 __all__ = ["METHODS", "Method", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
-           "method_class"]
+           "method_class", "view_size"]
 
 
 def method_class(name: str) -> Type[Method]:
@@ -50,5 +50,10 @@ def build_augment(config: Config, dataset: Any, **kwargs: Any) -> ContrastiveAug
     recipe = dataclasses.asdict(config.augment)
     if recipe["crop_scale"] is None:
         del recipe["crop_scale"]  # the method's published crop scale
-    size = config.data.crop_size or dataset.image_size
+    size = view_size(config, dataset)
     return method_class(config.method).augment(size, dataset.mean, dataset.std, **recipe, **kwargs)
+
+
+def view_size(config: Config, dataset: Any) -> int:
+    """The side of the training views: ``data.crop_size``, or the stored image size."""
+    return config.data.crop_size or dataset.image_size
