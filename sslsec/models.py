@@ -40,7 +40,7 @@ class SmallCNN(nn.Module):
             conv = [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             self.stages.append(nn.Sequential(*pool, *conv))
             channels = out
-        self.feature_dim = width * (4 + 8)
+        self.feature_dim = channels // 2 + channels  # the third and the fourth stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         third = self.stages[2](self.stages[1](self.stages[0](x)))

@@ -160,7 +160,9 @@ def _check_same_recipe(config: Config, run_dir: Path) -> None:
     saved = RunPaths(run_dir).config
     if not (RunPaths(run_dir).started() and saved.is_file()):
         return
-    for key, before, now in recipe_differences(load_config(saved), config)[:1]:
+    differences = recipe_differences(load_config(saved), config)
+    if differences:
+        key, before, now = differences[0]
         raise StudyError(f"{run_dir} was trained with {key}={before!r}, but this study asks for "
                          f"{now!r}; pass the same settings, or another output_dir, or delete {run_dir}")
 
