@@ -29,6 +29,7 @@ __all__ = [
     "ContrastiveAugment",
     "SimCLRAugment",
     "MoCoV2Augment",
+    "MetricAugment",
     "ProbeAugment",
     "EvalTransform",
     "MultiView",
@@ -203,6 +204,17 @@ class MoCoV2Augment(ContrastiveAugment):
     def __init__(self, size: Size, mean: Sequence[float], std: Sequence[float], *,
                  crop_scale: tuple[float, float] = (0.2, 1.0), **kwargs) -> None:
         super().__init__(size, mean, std, crop_scale=crop_scale, **kwargs)
+
+
+class MetricAugment(ContrastiveAugment):
+    """The SEC authors' metric-learning view: random resized crop (``crop_scale=(0.16, 1.0)``) and horizontal flip,
+    no colour jitter, grayscale or blur (each can be switched on by its keyword)."""
+
+    def __init__(self, size: Size, mean: Sequence[float], std: Sequence[float], *,
+                 crop_scale: tuple[float, float] = (0.16, 1.0), jitter_prob: float = 0.0,
+                 grayscale_prob: float = 0.0, blur_prob: float | None = 0.0, **kwargs) -> None:
+        super().__init__(size, mean, std, crop_scale=crop_scale, jitter_prob=jitter_prob,
+                         grayscale_prob=grayscale_prob, blur_prob=blur_prob, **kwargs)
 
 
 class ProbeAugment(AugmentPipeline):

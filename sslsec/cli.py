@@ -72,9 +72,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> ar
     return parser.parse_intermixed_args(argv)
 
 
-def _linear_probe_parser() -> argparse.ArgumentParser:
-    parser = _parser("sslsec-linear-probe", "Linear probe (top-1/top-5) and kNN accuracy of a frozen backbone.",
-                     "eval.probe_epochs=10 data.train_limit=5000")
+def _evaluation_parser(program: str, description: str, example: str, output: str) -> argparse.ArgumentParser:
+    """The command line of the tools that score a frozen backbone: a run, a saved backbone or random weights."""
+    parser = _parser(program, description, example)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="a pretraining run directory (config.yaml, backbone.safetensors)")
@@ -83,17 +83,23 @@ def _linear_probe_parser() -> argparse.ArgumentParser:
     source.add_argument("--random-init", action="store_true", help="untrained weights: the baseline (needs --config)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="config YAML for --backbone / --random-init")
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
-                        help="where linear_probe.json goes (default: the run directory, the backbone's folder, "
+                        help=f"where {output} goes (default: the run directory, the backbone's folder, "
                         "or OUTPUT_DIR/random_init for --random-init)")
     return parser
 
 
-def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
-    """``sslsec-linear-probe``: linear probe and kNN of a frozen backbone; writes ``linear_probe.json``."""
-    parser = _linear_probe_parser()
+def _evaluation_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = _parse(parser, argv)
     if (args.run is None) == (args.config is None):
         parser.error("--backbone and --random-init need --config FILE; --run reads RUN/config.yaml instead")
+    return args
+
+
+def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-linear-probe``: linear probe and kNN of a frozen backbone; writes ``linear_probe.json``."""
+    parser = _evaluation_parser("sslsec-linear-probe", "Linear probe (top-1/top-5) and kNN accuracy of a frozen "
+                                "backbone.", "eval.probe_epochs=10 data.train_limit=5000", "linear_probe.json")
+    args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
         _probe(*_probe_target(args))
 
@@ -142,6 +148,53 @@ def _print_probe(result: dict, path: Path) -> None:
     print(f"  linear top-5  {top5}")
     print(f"  kNN top-1     {result['knn_top1']:6.2f} %   (k={result['knn_k']}, T={result['knn_temperature']})")
     print(f"wrote {path}  ({result['seconds']:.1f} s)")
+
+
+RETRIEVAL_COLUMNS = (("recall_at_1", "R@1"), ("recall_at_2", "R@2"), ("recall_at_4", "R@4"), ("recall_at_8", "R@8"),
+                     ("map_at_r", "MAP@R"), ("r_precision", "RP"), ("nmi", "NMI"))
+
+
+def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-retrieval``: Recall@K, MAP@R, R-precision and NMI of a frozen backbone on the validation and test
+    splits; writes ``retrieval.json``."""
+    parser = _evaluation_parser(
+        "sslsec-retrieval", "Retrieval (Recall@1/2/4/8, MAP@R, R-precision, NMI) of a frozen backbone's embeddings "
+        "on the validation and test splits, each image queried against all others of its split by cosine "
+        "similarity. Metric-learning configs test on classes never seen in training (data.test_classes).",
+        "data.test_classes=[5,6,7,8,9]", "retrieval.json")
+    args = _evaluation_args(parser, argv)
+    with _exit_on_user_error(parser.prog):
+        config, backbone, output_dir, label = _probe_target(args)
+        result = score_retrieval(config, backbone)
+    print(f"{label}: retrieval by cosine similarity, each image against the others of its split")
+    print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS))
+    for split, scores in result.items():
+        print(f"  {split:<6} {scores['images']:>7} {scores['classes']:>7}  "
+              + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output_dir / 'retrieval.json'}")
+
+
+def score_retrieval(config: Config, backbone: Optional[nn.Module]) -> dict:
+    """``{"val": {...}, "test": {...}}``: :func:`~sslsec.eval.retrieval.retrieval_metrics` of ``backbone`` (random
+    weights if None) on the validation (when the config has one) and test splits, in percent."""
+    from sslsec.eval.features import extract_features
+    from sslsec.eval.retrieval import retrieval_metrics
+
+    train, val, test = load_splits(config)
+    if backbone is None:
+        backbone = random_backbone(config, train.channels)
+    accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision)
+    result = {}
+    for split, dataset in (("val", val), ("test", test)):
+        if dataset is None:
+            continue
+        embeddings, labels = extract_features(backbone, dataset, accelerator=accelerator,
+                                              crop_size=eval_crop_size(config))
+        scores = retrieval_metrics(embeddings, labels, seed=config.trainer.seed)
+        result[split] = {"images": len(dataset), "classes": dataset.num_classes, **scores}
+    return result
 
 
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:

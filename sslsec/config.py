@@ -29,9 +29,10 @@ from sslsec.data import DATASET_NAMES
 from sslsec.eval.linear import PROBE_SCHEDULES
 from sslsec.losses import SEC_SCHEDULES
 from sslsec.methods import METHODS
+from sslsec.methods.metric import METRIC_LOSSES
 from sslsec.models import BACKBONES
 
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adam")
 PRECISIONS = ("no", "bf16", "fp16")
 MOCO_BATCH_NORMS = ("shuffle", "sync", "none")
 
@@ -49,6 +50,11 @@ class DataConfig:
     crop_size: Optional[int] = None  # augmented view size; None: the stored image size
     class_list: Optional[str] = None  # folder data sets: file with the classes to keep
     val_size: Optional[int] = None  # class-balanced validation images carved from the training split (fixed seed)
+    # Class-disjoint splits (metric learning): class indices kept in the training / test split (null: all), and
+    # whole training classes held out as validation (instead of val_size); each split is relabelled from 0
+    train_classes: Optional[List[int]] = None
+    test_classes: Optional[List[int]] = None
+    val_classes: Optional[List[int]] = None
     train_limit: Optional[int] = None  # use a subset of the (remaining) training split (CPU-scale runs)
     test_limit: Optional[int] = None
     num_workers: Optional[int] = None  # folder data sets only
@@ -61,6 +67,8 @@ class ModelConfig:
     projection_hidden_dim: int = 2048
     projection_dim: int = 128
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes (SyncBN; SimCLR's and the SEC authors' choice)
+    embedding_dim: int = 512  # metric learning: the linear embedding layer on the backbone (the SEC authors' 512)
+    embedding_batchnorm: bool = False  # metric learning: BatchNorm before the embedding layer (the authors' head)
 
 
 @dataclass
@@ -83,8 +91,8 @@ class AugmentConfig:
     contrast: float = 0.4
     saturation: float = 0.4  # colour only: not applied to grayscale images
     hue: float = 0.1  # colour only
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2  # colour only
+    jitter_prob: Optional[float] = None  # None: the method's preset (SimCLR / MoCo 0.8; metric learning 0, none)
+    grayscale_prob: Optional[float] = None  # colour only; None: the preset (SimCLR / MoCo 0.2; metric learning 0)
     blur_prob: Optional[float] = None  # None: 0.5 for views of 96 px and more, off below (SimCLR B.9)
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     blur_kernel_size: Optional[int] = None  # None: about 10 % of the view size, odd
@@ -105,9 +113,19 @@ class MoCoConfig:
 
 
 @dataclass
+class MetricConfig:
+    """Deep metric learning (``method: metric``): the pytorch-metric-learning loss and its class-balanced batches."""
+
+    loss: str = "triplet"  # one of sslsec.methods.metric.METRIC_LOSSES
+    images_per_class: int = 3  # K of the P x K batches (the SEC authors: 3 triplet / semihard, 2 N-pair, 5 MS)
+    margin: Optional[float] = None  # the loss's margin; None: its published default (docs/METRIC_LEARNING.md)
+    backbone_lr_scale: float = 1.0  # the backbone's lr relative to the embedding layer's and class weights'
+
+
+@dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.06  # per 256 images; scaled linearly with the global batch
+    name: str = "sgd"  # sgd, lars, or adam (metric learning; its lr is not scaled with the batch)
+    lr: float = 0.06  # per 256 images; scaled linearly with the global batch (sgd, lars)
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 10.0
@@ -157,6 +175,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -343,7 +362,8 @@ def validate(config: Config) -> None:
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",
                 "eval.knn_temperature", "eval.probe_epochs", "eval.probe_batch_size",
                 "eval.probe_lr", "model.projection_dim", "model.projection_hidden_dim",
-                "moco.queue_size", "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
+                "moco.queue_size", "model.embedding_dim", "metric.images_per_class", "metric.backbone_lr_scale",
+                "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
                 "data.crop_size", "trainer.max_steps", "trainer.checkpoint_every_steps"):
         _positive(key, _get(config, key))
     for key in ("loss.sec_weight", "loss.norm_penalty_weight", "optim.weight_decay",
@@ -352,8 +372,21 @@ def validate(config: Config) -> None:
         _positive(key, _get(config, key), allow_zero=True)
     if config.loss.sec_momentum is not None and not 0 < config.loss.sec_momentum <= 1:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
+    _check_classes(config.data)
+    _choice("metric.loss", config.metric.loss, METRIC_LOSSES)
+    _positive("metric.margin", config.metric.margin, allow_zero=True)
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
+
+
+def _check_classes(data: DataConfig) -> None:
+    if data.val_classes is not None and data.val_size is not None:
+        raise ConfigError("set data.val_classes (whole classes) or data.val_size (images) for validation, not both")
+    if data.train_classes is not None and data.test_classes is not None:
+        shared = sorted(set(data.train_classes) & set(data.test_classes))
+        if shared:
+            raise ConfigError(f"data.train_classes and data.test_classes share classes {shared}: metric learning "
+                              "scores retrieval on classes never seen in training")
 
 
 def _check_augment(augment: AugmentConfig) -> None:

@@ -47,8 +47,31 @@ class SmallCNN(nn.Module):
         return torch.cat([third.mean((2, 3)), self.stages[3](third).mean((2, 3))], dim=1)
 
 
+class Embedder(nn.Module):
+    """A backbone followed by the metric-learning embedding layer: features -> [BatchNorm] -> Linear.
+
+    The SEC authors' head is global pooling, BatchNorm and a linear layer to 512 dimensions; our backbones pool
+    already, so the BatchNorm is a ``BatchNorm1d`` on the pooled features. ``feature_dim`` is ``embedding_dim``,
+    so every evaluation tool takes an ``Embedder`` as it takes a backbone.
+
+    Shapes:
+        (N, C, H, W) -> (N, embedding_dim), unnormalized.
+    """
+
+    def __init__(self, trunk: nn.Module, embedding_dim: int, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.embedding = nn.Sequential(*([nn.BatchNorm1d(trunk.feature_dim)] if batchnorm else []),
+                                       nn.Linear(trunk.feature_dim, embedding_dim))
+        self.feature_dim = embedding_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.trunk(x))
+
+
 def build_backbone(
-    name: str = "resnet18", in_channels: int = 3, cifar_stem: bool = False
+    name: str = "resnet18", in_channels: int = 3, cifar_stem: bool = False,
+    embedding_dim: Optional[int] = None, embedding_batchnorm: bool = False,
 ) -> nn.Module:
     """A backbone without its classifier; ``backbone.feature_dim`` is its output width.
 
@@ -57,7 +80,11 @@ def build_backbone(
         in_channels: 1 (grayscale) or 3.
         cifar_stem: ResNets only: a 3x3 stride-1 first convolution and no max-pool, the usual
             stem for 32 px images (SimCLR appendix B.9).
+        embedding_dim: metric learning: an :class:`Embedder` with a linear embedding layer of this width on top
+            (``embedding_batchnorm``: a BatchNorm before it, as the SEC authors' head).
     """
+    if embedding_dim is not None:
+        return Embedder(build_backbone(name, in_channels, cifar_stem), embedding_dim, embedding_batchnorm)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if in_channels not in (1, 3):

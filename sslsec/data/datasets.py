@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
-__all__ = ["DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset", "stratified_first"]
+__all__ = ["DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset", "select_classes",
+           "stratified_first"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -65,6 +66,26 @@ def stratified_first(labels: Tensor, k: int) -> Tensor:
     rank_in_class[order] = torch.arange(len(labels)) - starts[labels[order]]
     key = rank_in_class * len(counts) + labels
     return torch.sort(torch.argsort(key, stable=True)[:k]).values
+
+
+def select_classes(dataset: ImageArrays | ImageFolderDataset, classes: list[int]) -> ImageArrays | ImageFolderDataset:
+    """The images of the classes at indices ``classes``, relabelled ``0 .. len(classes) - 1`` in that order.
+
+    Metric learning trains on some classes and is scored on others (CUB-200: 1-100 / 101-200); each split is
+    relabelled on its own, so a label indexes ``dataset.classes`` of that split only.
+    """
+    classes = list(classes)
+    bad = [c for c in classes if not 0 <= c < dataset.num_classes]
+    if bad or not classes or len(set(classes)) != len(classes):
+        raise DatasetError(f"class indices must be distinct and in [0, {dataset.num_classes}) for {dataset.name} "
+                           f"({dataset.num_classes} classes), got {classes}")
+    relabel = torch.full((dataset.num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+    indices = (relabel[dataset.labels] >= 0).nonzero().flatten()
+    chosen = dataset.subset(indices)
+    chosen.labels = relabel[chosen.labels]
+    chosen.classes = [dataset.classes[c] for c in classes]
+    return chosen
 
 
 @dataclass

@@ -24,7 +24,41 @@ from torch import Tensor
 
 from sslsec.data.datasets import ImageArrays, ImageFolderDataset
 
-__all__ = ["BatchLoader"]
+__all__ = ["BatchLoader", "class_balanced_batches"]
+
+
+def class_balanced_batches(labels: Tensor, classes_per_batch: int, images_per_class: int, num_batches: int,
+                           generator: torch.Generator) -> Tensor:
+    """``num_batches`` batches of ``classes_per_batch`` (P) classes x ``images_per_class`` (K) images: ``(B, P * K)``.
+
+    Each batch holds K images of each of P distinct classes, class after class. Every class's images are
+    shuffled once and dealt out K at a time, and the P classes of a batch are drawn without replacement with
+    probability proportional to the images each has left, so an epoch of ``N // (P * K)`` batches covers the
+    images about once. A class with fewer than K images left (or in all) starts its shuffled list over, i.e. is
+    drawn with replacement, as the SEC authors' sampler does.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    present = labels.unique()
+    if len(present) < classes_per_batch:
+        raise ValueError(f"a batch needs {classes_per_batch} classes ({classes_per_batch * images_per_class} images "
+                         f"of {images_per_class} per class) but the data has {len(present)}; lower the batch size "
+                         "or raise images_per_class")
+    pools = [torch.nonzero(labels == c).flatten() for c in present.tolist()]
+    pools = [pool[torch.randperm(len(pool), generator=generator)] for pool in pools]
+    dealt = [0] * len(pools)
+    left = torch.tensor([len(pool) for pool in pools], dtype=torch.float64)
+    batches = torch.empty(num_batches, classes_per_batch * images_per_class, dtype=torch.int64)
+    for b in range(num_batches):
+        # A tiny floor keeps exhausted classes drawable when fewer than P classes have images left.
+        chosen = torch.multinomial(left.clamp_min(0) + 1e-6, classes_per_batch, replacement=False,
+                                   generator=generator)
+        for slot, c in enumerate(chosen.tolist()):
+            pool = pools[c]
+            take = torch.arange(dealt[c], dealt[c] + images_per_class) % len(pool)
+            batches[b, slot * images_per_class:(slot + 1) * images_per_class] = pool[take]
+            dealt[c] += images_per_class
+            left[c] -= images_per_class
+    return batches
 
 
 class BatchLoader:
@@ -44,6 +78,10 @@ class BatchLoader:
     read bytes and JPEGs are decoded on the GPU (nvJPEG), on CPU the workers decode (``decode_on_device``
     overrides this choice).
 
+    With ``images_per_class`` (K, metric learning) every global batch is ``B * W / K`` classes x K images
+    (:func:`class_balanced_batches`, seeded with ``seed + epoch``; each rank takes ``B / K`` whole classes) and
+    ``drop_last`` is implied.
+
     Resume: ``set_epoch(epoch, start_batch=k)`` makes the next iteration yield batches ``k, k+1, ...`` of
     ``epoch``, exactly those an uninterrupted run would have yielded.
 
@@ -54,12 +92,16 @@ class BatchLoader:
     def __init__(self, dataset: ImageArrays | ImageFolderDataset, batch_size: int, *, shuffle: bool,
                  drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", num_workers: int | None = None,
-                 decode_on_device: bool | None = None) -> None:
+                 decode_on_device: bool | None = None, images_per_class: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if images_per_class is not None and (images_per_class < 1 or batch_size % images_per_class):
+            raise ValueError(f"the batch of {batch_size} images per process must be a multiple of images_per_class="
+                             f"{images_per_class} (whole classes per process)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.drop_last, self.images_per_class = drop_last or images_per_class is not None, images_per_class
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
@@ -85,11 +127,16 @@ class BatchLoader:
     def shard_indices(self, epoch: int) -> list[Tensor]:
         """This rank's sample indices for every batch of ``epoch`` (the sharding rule above)."""
         n = len(self.dataset)
+        global_batch = self.batch_size * self.world_size
+        if self.images_per_class is not None:
+            batches = class_balanced_batches(self.dataset.labels, global_batch // self.images_per_class,
+                                             self.images_per_class, len(self),
+                                             torch.Generator().manual_seed(self.seed + epoch))
+            return [torch.tensor_split(batch, self.world_size)[self.rank] for batch in batches]
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(n)
-        global_batch = self.batch_size * self.world_size
         return [torch.tensor_split(order[b * global_batch:(b + 1) * global_batch], self.world_size)[self.rank]
                 for b in range(len(self))]
 

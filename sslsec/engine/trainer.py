@@ -31,27 +31,31 @@ from sslsec.engine.accelerator import make_accelerator
 from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, check_same_recipe, resume_path,
                                       truncate_metrics)
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
-from sslsec.eval.knn import knn_accuracy
-from sslsec.eval.protocol import eval_crop_size
 from sslsec.losses import SECLossOutput
 from sslsec.methods import build_augment, build_method, view_size
 from sslsec.models import save_backbone, save_module
 from sslsec.runs import RunPaths
 
+MONITOR_NAMES = {"knn_top1": "kNN top-1", "recall_at_1": "Recall@1", "map_at_r": "MAP@R"}
+
 __all__ = ["NonFiniteWatch", "TrainingError", "build_optimizer", "pretrain", "train_step"]
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """SGD or LARS on the trainable parameters; no weight decay on norms and biases."""
-    decay, no_decay = get_weight_decay_parameters([model.backbone, model.head])
+    """SGD, LARS or Adam on the method's parameter groups (each at its lr factor); no weight decay on norms and
+    biases. SGD's and LARS's lr is per 256 images, scaled with the global batch; Adam's is taken as it is."""
     optim = config.optim
-    lr = optim.lr * config.trainer.batch_size / 256
-    groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    lr = optim.lr if optim.name == "adam" else optim.lr * config.trainer.batch_size / 256
+    groups = []
+    for modules, scale in model.parameter_groups():
+        decay, no_decay = get_weight_decay_parameters(modules)
+        groups += [{"params": decay, "weight_decay": optim.weight_decay, "lr": lr * scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr * scale}]
+    groups = [group for group in groups if group["params"]]
     if optim.name == "lars":
         return LARS(groups, lr=lr, momentum=optim.momentum)
+    if optim.name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
 
 
@@ -148,9 +152,11 @@ def pretrain(config: Config) -> Path:
         check_same_recipe(config)  # config.yaml keeps saying how the weights were trained
 
     train, val, test = load_splits(config)
-    monitor = val if val is not None else test  # the kNN monitor never looks at the test split when there is val
+    # The monitor never looks at the test split when there is a validation split.
+    monitor = ("val", val) if val is not None else ("test", test)
     set_seed(config.trainer.seed)  # the same initial weights on every process
-    model = build_method(config, train.channels, distributed=accelerator.num_processes > 1)
+    model = build_method(config, train.channels, distributed=accelerator.num_processes > 1,
+                         num_classes=train.num_classes)
     _check_view_size(model.backbone, train.channels, view_size(config, train), config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -159,7 +165,7 @@ def pretrain(config: Config) -> Path:
     loader = BatchLoader(
         train, micro_batch, shuffle=True, drop_last=True, seed=config.trainer.seed,
         rank=accelerator.process_index, world_size=accelerator.num_processes,
-        device=accelerator.device,
+        device=accelerator.device, images_per_class=model.images_per_class,
     )
     accumulation = config.trainer.gradient_accumulation_steps
     steps_per_epoch = len(loader) // accumulation
@@ -177,7 +183,8 @@ def pretrain(config: Config) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
-    views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last))
+    views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last),
+                      n_views=accelerator.unwrap_model(model).n_views)
     forward = torch.compile(model) if config.trainer.compile else model
     watch = NonFiniteWatch(accelerator)
 
@@ -203,13 +210,13 @@ def pretrain(config: Config) -> Path:
         while progress.epoch < config.trainer.epochs:
             loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
             model.train()
-            for images, _ in loader:
+            for images, labels in loader:
                 if progress.batch >= steps_per_epoch * accumulation:
                     break
                 if progress.batch % accumulation == 0:
                     core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
                 with accelerator.accumulate(model):
-                    out = train_step(accelerator, forward, optimizer, views(images))
+                    out = train_step(accelerator, forward, optimizer, views(images), labels)
                 watch.record(out.total, progress.step)
                 progress.batch += 1
                 log.add(out._asdict(), len(images))
@@ -268,13 +275,15 @@ def _checked_save(watch: NonFiniteWatch, checkpoints: Checkpoints, progress: Pro
     return checkpoints.save(progress.step)
 
 
-def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views) -> SECLossOutput:
+def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views,
+               labels: Optional[torch.Tensor] = None) -> SECLossOutput:
     """One micro-batch: forward under autocast, backward, optimizer step (a no-op while accumulating).
 
-    Nothing is read back from the device here: a non-finite loss is caught by :class:`NonFiniteWatch`.
+    ``labels`` reach the method (metric learning uses them; SimCLR and MoCo ignore them). Nothing is read back
+    from the device here: a non-finite loss is caught by :class:`NonFiniteWatch`.
     """
     with accelerator.autocast():
-        out = model(*views)
+        out = model(*views, labels=labels)
     accelerator.backward(out.total)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -282,17 +291,16 @@ def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log) -> None:
-    """kNN monitor on ``monitor`` (the validation split when there is one) and the epoch's checkpoint."""
+    """The method's monitor (kNN, or retrieval for metric learning) on ``monitor`` (the validation split when there
+    is one) and the epoch's checkpoint."""
     epoch, last = progress.epoch, progress.epoch == config.trainer.epochs
     if config.trainer.eval_every and (epoch % config.trainer.eval_every == 0 or last):
         _share_batchnorm_statistics(accelerator, core.backbone)
-        top1 = knn_accuracy(
-            core.backbone, train, monitor, k=config.eval.knn_k,
-            temperature=config.eval.knn_temperature, accelerator=accelerator, crop_size=eval_crop_size(config),
-        )
-        split = "val" if config.data.val_size is not None else "test"
-        log.write({"step": progress.step, "epoch": epoch, "knn_top1": top1, "knn_split": split}, progress.step)
-        accelerator.print(f"epoch {epoch}: kNN top-1 {top1:.2f}% ({split})")
+        split, dataset = monitor
+        scores = core.monitor(train, dataset, config, accelerator)
+        log.write({"step": progress.step, "epoch": epoch, **scores, "monitor_split": split}, progress.step)
+        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{MONITOR_NAMES.get(key, key)} {value:.2f}%"
+                                                         for key, value in scores.items()) + f" ({split})")
     if last or (config.trainer.checkpoint_every and epoch % config.trainer.checkpoint_every == 0):
         progress.seconds = log.elapsed()
         checkpoints.save(progress.step)
@@ -308,8 +316,7 @@ def _share_batchnorm_statistics(accelerator, backbone: nn.Module) -> None:
 
 def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> None:
     if accelerator.is_main_process:
-        spec = {"name": config.model.backbone, "in_channels": in_channels,
-                "cifar_stem": config.model.cifar_stem}
+        spec = type(core).backbone_spec(config, in_channels)
         paths = RunPaths(output_dir)
         save_backbone(core.backbone, paths.backbone, spec)
         save_module(core.head, paths.projection_head)

@@ -51,8 +51,11 @@ def eval_crop_size(config: Config) -> Optional[int]:
 
 
 def random_backbone(config: Config, in_channels: int) -> nn.Module:
-    """The untrained ``config.model`` backbone, initialized from ``trainer.seed``: the baseline for every SSL number."""
+    """The untrained backbone a run of ``config`` saves (metric learning: with its embedding layer), initialized from
+    ``trainer.seed``: the baseline for every number of a trained one."""
+    from sslsec.methods import method_class  # here: the methods import this package's monitors
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.trainer.seed)
-        return build_backbone(config.model.backbone, in_channels, config.model.cifar_stem)
+        return build_backbone(**method_class(config.method).backbone_spec(config, in_channels))
 

@@ -1,4 +1,4 @@
-"""Methods: SimCLR and MoCo v2, each a module with its hooks, and the one registry of their names.
+"""Methods: SimCLR, MoCo v2 and metric learning, each a module with its hooks, and the one registry of their names.
 
 :data:`METHODS` maps a method's name to its class; config validation, the view presets (``Method.augment``)
 and the projection heads (``Method.projection_head``) are all looked up here::
@@ -10,21 +10,22 @@ and the projection heads (``Method.projection_head``) are all looked up here::
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Type
 
 from torch import nn
 
 from sslsec.augment import ContrastiveAugment
 from sslsec.methods.base import Method
+from sslsec.methods.metric import MetricLearning
 from sslsec.methods.moco import MoCo
 from sslsec.methods.simclr import SimCLR
 
 if TYPE_CHECKING:
     from sslsec.config import Config
 
-METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo}
+METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "metric": MetricLearning}
 
-__all__ = ["METHODS", "Method", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
+__all__ = ["METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
            "method_class", "view_size"]
 
 
@@ -35,9 +36,11 @@ def method_class(name: str) -> Type[Method]:
     return METHODS[name]
 
 
-def build_method(config: Config, in_channels: int, distributed: bool = False) -> nn.Module:
-    """The SimCLR or MoCo module that ``config`` describes, for images of ``in_channels``."""
-    return method_class(config.method).from_config(config, in_channels, distributed)
+def build_method(config: Config, in_channels: int, distributed: bool = False,
+                 num_classes: Optional[int] = None) -> nn.Module:
+    """The method module that ``config`` describes, for images of ``in_channels`` and ``num_classes`` training
+    classes (class-weight metric losses need it)."""
+    return method_class(config.method).from_config(config, in_channels, distributed, num_classes)
 
 
 def build_projection_head(method: str, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128) -> nn.Module:
@@ -47,9 +50,8 @@ def build_projection_head(method: str, input_dim: int, hidden_dim: int = 2048, o
 
 def build_augment(config: Config, dataset: Any, **kwargs: Any) -> ContrastiveAugment:
     """The method's view preset with the ``augment`` section, at ``data.crop_size`` (default: the image size)."""
-    recipe = dataclasses.asdict(config.augment)
-    if recipe["crop_scale"] is None:
-        del recipe["crop_scale"]  # the method's published crop scale
+    # None: the method's published value (crop scale, jitter and grayscale probabilities, blur by view size)
+    recipe = {key: value for key, value in dataclasses.asdict(config.augment).items() if value is not None}
     size = view_size(config, dataset)
     return method_class(config.method).augment(size, dataset.mean, dataset.std, **recipe, **kwargs)
 

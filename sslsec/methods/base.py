@@ -8,8 +8,9 @@ trainer only calls :meth:`Method.before_step`; it never asks which method it run
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Sequence, Type, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
+import torch
 from torch import Tensor, nn
 
 from sslsec.augment import ContrastiveAugment
@@ -29,6 +30,8 @@ class Method(nn.Module):
 
     augment: ClassVar[Type[ContrastiveAugment]]  # the published view recipe
     projection_head: ClassVar[Type[nn.Module]]  # lightly's head: (N, F) -> (N, D)
+    n_views: ClassVar[int] = 2  # augmented views of each image per step
+    images_per_class: Optional[int] = None  # K of class-balanced P x K batches; None: plain shuffled batches
 
     def __init__(self, backbone: nn.Module, head: nn.Module, criterion: SECInfoNCE,
                  sec_schedule: str = "constant") -> None:
@@ -42,8 +45,27 @@ class Method(nn.Module):
         """Called before optimizer step ``step`` (0-based) of ``total_steps``: sets the SEC schedule's factor."""
         self.criterion.weight_scale = scheduled_weight(1.0, self.sec_schedule, step, total_steps)
 
-    def forward(self, view0: Tensor, view1: Tensor) -> SECLossOutput:
+    def forward(self, view0: Tensor, view1: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         raise NotImplementedError
+
+    def parameter_groups(self) -> List[Tuple[List[nn.Module], float]]:
+        """``(modules, lr factor)`` pairs for the optimizer: everything trained, at the base lr."""
+        return [([self.backbone, self.head, self.criterion], 1.0)]
+
+    @torch.no_grad()
+    def monitor(self, train: Any, split: Any, config: Config, accelerator: Any) -> Dict[str, float]:
+        """The score logged during training: weighted kNN top-1 (%) of ``split`` against ``train``."""
+        from sslsec.eval.knn import knn_accuracy
+        from sslsec.eval.protocol import eval_crop_size
+
+        return {"knn_top1": knn_accuracy(self.backbone, train, split, k=config.eval.knn_k,
+                                         temperature=config.eval.knn_temperature, accelerator=accelerator,
+                                         crop_size=eval_crop_size(config))}
+
+    @classmethod
+    def backbone_spec(cls, config: Config, in_channels: int) -> Dict[str, Any]:
+        """The :func:`~sslsec.models.build_backbone` arguments of the saved backbone (its safetensors metadata)."""
+        return {"name": config.model.backbone, "in_channels": in_channels, "cifar_stem": config.model.cifar_stem}
 
     @classmethod
     def memory_bank_size(cls, config: Config) -> Union[int, Sequence[int]]:
@@ -56,9 +78,10 @@ class Method(nn.Module):
         return {}
 
     @classmethod
-    def from_config(cls, config: Config, in_channels: int, distributed: bool = False) -> Method:
-        """The method that ``config`` describes, for images of ``in_channels``."""
-        backbone = build_backbone(config.model.backbone, in_channels, config.model.cifar_stem)
+    def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
+                    num_classes: Optional[int] = None) -> Method:
+        """The method that ``config`` describes, for images of ``in_channels`` (``num_classes``: unused here)."""
+        backbone = build_backbone(**cls.backbone_spec(config, in_channels))
         head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
                                    output_dim=config.model.projection_dim)
         loss = config.loss

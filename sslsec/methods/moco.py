@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
@@ -74,7 +74,7 @@ class MoCo(Method):
         k = self.head_momentum(self.backbone_momentum(view_k))
         return batch_unshuffle(k, shuffle, distributed=distributed)
 
-    def forward(self, view_q: Tensor, view_k: Tensor) -> SECLossOutput:
+    def forward(self, view_q: Tensor, view_k: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         q = self.head(self.backbone(view_q))
         return self.criterion(q, self.keys(view_k))
 
@@ -90,11 +90,12 @@ class MoCo(Method):
                 "shuffle_bn": moco.batch_norm == "shuffle"}
 
     @classmethod
-    def from_config(cls, config: Config, in_channels: int, distributed: bool = False) -> Method:
+    def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
+                    num_classes: Optional[int] = None) -> Method:
         if not distributed and config.moco.batch_norm == "shuffle":
             warnings.warn("moco.batch_norm=shuffle has no effect in a single process (there is no other process "
                           "to shuffle the keys with); set moco.batch_norm=none to silence this", stacklevel=2)
-        return super().from_config(config, in_channels, distributed)
+        return super().from_config(config, in_channels, distributed, num_classes)
 
     @classmethod
     def sync_batchnorm(cls, config: Config) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
@@ -21,7 +23,7 @@ class SimCLR(Method):
     augment = SimCLRAugment
     projection_head = SimCLRProjectionHead
 
-    def forward(self, view0: Tensor, view1: Tensor) -> SECLossOutput:
+    def forward(self, view0: Tensor, view1: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         # One pass over both views: BatchNorm sees all 2N images, as in the reference code.
         z0, z1 = self.head(self.backbone(torch.cat([view0, view1]))).chunk(2)
         return self.criterion(z0, z1)

@@ -76,3 +76,42 @@ def test_loader_rejects_impossible_settings():
         BatchLoader(indexed_dataset(8), 2, shuffle=False, drop_last=False).set_epoch(0, start_batch=5)
     too_few = BatchLoader(indexed_dataset(8), 8, shuffle=False, drop_last=True, world_size=2)
     assert len(too_few) == 0 and list(too_few) == []  # the caller decides whether an empty epoch is an error
+
+
+def classed_dataset(counts) -> ImageArrays:
+    """Sample i has every pixel i % 256 and class c for counts[c] samples in a row."""
+    labels = torch.cat([torch.full((count,), c) for c, count in enumerate(counts)])
+    n = len(labels)
+    images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    return ImageArrays(images, labels, [str(c) for c in range(len(counts))], (0.5,), (0.25,), "classed")
+
+
+def test_class_balanced_batches_hold_p_classes_of_k_images_and_cover_the_epoch_once():
+    counts = [40, 40, 40, 30, 50, 2]  # the last class has fewer images than K: drawn with replacement
+    data = classed_dataset(counts)
+    loader = BatchLoader(data, 12, shuffle=True, drop_last=False, images_per_class=4, seed=3)
+    batches = [(images, labels) for images, labels in loader]
+    assert len(batches) == len(data) // 12 == 16 and loader.drop_last
+    for images, labels in batches:
+        groups = labels.view(3, 4)
+        assert (groups == groups[:, :1]).all() and len(set(groups[:, 0].tolist())) == 3  # 3 classes x 4 images
+    indices = torch.cat(loader.shard_indices(0))
+    assert torch.equal(data.labels[indices], torch.cat([labels for _, labels in batches]))
+    seen = torch.bincount(indices[data.labels[indices] < 5], minlength=len(data))[: sum(counts[:5])]
+    assert (seen <= 2).all() and (seen == 1).float().mean() > 0.85  # about once each in one epoch
+
+
+def test_class_balanced_batches_are_seeded_and_split_whole_classes_over_ranks():
+    data = classed_dataset([20] * 8)
+    shards = [BatchLoader(data, 8, shuffle=True, drop_last=True, images_per_class=4, seed=1, rank=rank,
+                          world_size=2).shard_indices(5) for rank in (0, 1)]
+    for part_0, part_1 in zip(*shards):
+        classes = [set(data.labels[part].tolist()) for part in (part_0, part_1)]
+        assert all(len(c) == 2 for c in classes) and not classes[0] & classes[1]
+    again = BatchLoader(data, 8, shuffle=True, drop_last=True, images_per_class=4, seed=1, rank=0, world_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(again.shard_indices(5), shards[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(again.shard_indices(6), shards[0]))
+    with pytest.raises(ValueError, match="multiple of images_per_class"):
+        BatchLoader(data, 6, shuffle=True, drop_last=True, images_per_class=4)
+    with pytest.raises(ValueError, match="the data has 8"):
+        BatchLoader(classed_dataset([20] * 8), 36, shuffle=True, drop_last=True, images_per_class=4).shard_indices(0)

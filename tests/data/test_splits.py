@@ -36,3 +36,38 @@ def test_limit_keeps_a_class_balanced_subset(tmp_path):
     write_npz(tmp_path, n_train=30, num_classes=3)
     data = load_dataset("npz", tmp_path, limit=9)
     assert len(data) == 9 and torch.bincount(data.labels).tolist() == [3, 3, 3]
+
+
+def test_class_choice_gives_disjoint_relabelled_training_validation_and_test_classes(tmp_path):
+    write_npz(tmp_path, n_train=40, n_test=20, num_classes=5, classes=[f"c{i}" for i in range(5)])
+    overrides = ["data.name=npz", f"data.root={tmp_path}", "data.train_classes=[0,1,3]", "data.val_classes=[3]",
+                 "data.test_classes=[4,2]"]
+    train, val, test = load_splits(load_config(None, overrides))
+    full_train, full_test = load_dataset("npz", tmp_path), load_dataset("npz", tmp_path, "test")
+    assert (train.classes, val.classes, test.classes) == (["c0", "c1"], ["c3"], ["c4", "c2"])
+    assert torch.bincount(train.labels).tolist() == [8, 8] and val.labels.tolist() == [0] * 8
+    assert torch.bincount(test.labels).tolist() == [4, 4]
+    for split, source, classes in ((train, full_train, [0, 1]), (val, full_train, [3]), (test, full_test, [4, 2])):
+        for label, original in enumerate(classes):  # each relabelled class holds exactly the original's images
+            assert torch.equal(split.images[split.labels == label], source.images[source.labels == original])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.train_classes=[0,1]", "data.test_classes=[1,2]"], "share classes \\[1\\]"),
+    (["data.val_classes=[0]", "data.val_size=4"], "not both"),
+])
+def test_overlapping_or_doubled_class_choices_are_refused(overrides, message):
+    from sslsec.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.train_classes=[0,1]", "data.val_classes=[2]"], "must be among the training classes"),
+    (["data.train_classes=[0,7]"], "in \\[0, 3\\)"),
+    (["data.test_classes=[1,1]"], "distinct"),
+])
+def test_class_choices_that_do_not_fit_the_data_are_one_error(npz_root, overrides, message):
+    with pytest.raises(DatasetError, match=message):
+        load_splits(load_config(None, ["data.name=npz", f"data.root={npz_root}", *overrides]))
