@@ -1,12 +1,14 @@
-"""Frozen-backbone evaluation: features (:mod:`.features`), the linear probe (:mod:`.linear`), kNN (:mod:`.knn`)
-and the protocol that runs both with a config's ``eval`` section (:mod:`.protocol`)."""
+"""Frozen-backbone evaluation: features (:mod:`.features`), the linear probe (:mod:`.linear`), kNN (:mod:`.knn`),
+the protocol that runs both with a config's ``eval`` section (:mod:`.protocol`), and the
+retrieval metrics of metric learning on held-out classes (:mod:`.retrieval`)."""
 
 from sslsec.eval.features import EvaluationError, check_compatible, extract_features
 from sslsec.eval.knn import knn_accuracy, knn_on_features
 from sslsec.eval.linear import (LinearClassifier, classification_scores, fit_linear_classifier, linear_probe,
                                 probe_on_features)
 from sslsec.eval.protocol import eval_crop_size, evaluate_backbone, random_backbone
+from sslsec.eval.retrieval import retrieval_metrics
 
 __all__ = ["EvaluationError", "LinearClassifier", "check_compatible", "classification_scores", "eval_crop_size",
            "evaluate_backbone", "extract_features", "fit_linear_classifier", "knn_accuracy", "knn_on_features",
-           "linear_probe", "probe_on_features", "random_backbone"]
+           "linear_probe", "probe_on_features", "random_backbone", "retrieval_metrics"]
