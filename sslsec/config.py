@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sslsec.data import DATASET_NAMES
 from sslsec.eval.linear import PROBE_SCHEDULES
-from sslsec.losses import SEC_SCHEDULES
+from sslsec.losses import CONTRASTIVE_LOSSES, SEC_SCHEDULES
 from sslsec.methods import METHODS
 from sslsec.models import BACKBONES
 
@@ -70,6 +70,7 @@ class LossConfig:
     sec_momentum: Optional[float] = None
     norm_penalty_weight: float = 0.0
     sec_schedule: str = "constant"  # or "linear": weight * step / (total_steps - 1), the authors' ramp from 0
+    contrastive: str = "ntxent"  # or "dcl", "dclw" (lightly's decoupled losses; no queue, so SimCLR only)
 
 
 @dataclass
@@ -337,6 +338,7 @@ def validate(config: Config) -> None:
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
     _choice("loss.sec_schedule", config.loss.sec_schedule, SEC_SCHEDULES)
+    _check_contrastive(config)
     _choice("eval.probe_schedule", config.eval.probe_schedule, PROBE_SCHEDULES)
     _check_augment(config.augment)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
@@ -354,6 +356,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
+
+
+def _check_contrastive(config: Config) -> None:
+    _choice("loss.contrastive", config.loss.contrastive, CONTRASTIVE_LOSSES)
+    if config.loss.contrastive != "ntxent" and METHODS[config.method].memory_bank_size(config):
+        raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
+                          f"method={config.method} needs; use loss.contrastive=ntxent")
 
 
 def _check_augment(augment: AugmentConfig) -> None:
