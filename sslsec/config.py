@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sslsec.data import DATASET_NAMES
 from sslsec.eval.linear import PROBE_SCHEDULES
-from sslsec.losses import SEC_SCHEDULES
+from sslsec.losses import CONTRASTIVE_LOSSES, SEC_SCHEDULES
 from sslsec.methods import METHODS
 from sslsec.methods.metric import METRIC_LOSSES
 from sslsec.models import BACKBONES
@@ -78,6 +78,7 @@ class LossConfig:
     sec_momentum: Optional[float] = None
     norm_penalty_weight: float = 0.0
     sec_schedule: str = "constant"  # or "linear": weight * step / (total_steps - 1), the authors' ramp from 0
+    contrastive: str = "ntxent"  # or "dcl", "dclw" (lightly's decoupled losses; no queue, so SimCLR only)
 
 
 @dataclass
@@ -356,6 +357,7 @@ def validate(config: Config) -> None:
     _choice("trainer.mixed_precision", config.trainer.mixed_precision, PRECISIONS)
     _choice("moco.batch_norm", config.moco.batch_norm, MOCO_BATCH_NORMS)
     _choice("loss.sec_schedule", config.loss.sec_schedule, SEC_SCHEDULES)
+    _check_contrastive(config)
     _choice("eval.probe_schedule", config.eval.probe_schedule, PROBE_SCHEDULES)
     _check_augment(config.augment)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
@@ -375,6 +377,8 @@ def validate(config: Config) -> None:
     _check_classes(config.data)
     _choice("metric.loss", config.metric.loss, METRIC_LOSSES)
     _positive("metric.margin", config.metric.margin, allow_zero=True)
+    if config.metric.margin is not None and METRIC_LOSSES[config.metric.loss] is None:
+        raise ConfigError(f"metric.loss={config.metric.loss} has no margin; leave metric.margin null")
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
 
@@ -387,6 +391,13 @@ def _check_classes(data: DataConfig) -> None:
         if shared:
             raise ConfigError(f"data.train_classes and data.test_classes share classes {shared}: metric learning "
                               "scores retrieval on classes never seen in training")
+
+
+def _check_contrastive(config: Config) -> None:
+    _choice("loss.contrastive", config.loss.contrastive, CONTRASTIVE_LOSSES)
+    if config.loss.contrastive != "ntxent" and METHODS[config.method].memory_bank_size(config):
+        raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
+                          f"method={config.method} needs; use loss.contrastive=ntxent")
 
 
 def _check_augment(augment: AugmentConfig) -> None:

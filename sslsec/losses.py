@@ -1,4 +1,8 @@
-"""Losses: the Spherical Embedding Constraint and the InfoNCE / NT-Xent loss that carries it.
+"""Losses: the Spherical Embedding Constraint, and the ways to add it to an embedding loss.
+
+:class:`WithSEC` adds SEC to any loss module (lightly's contrastive losses, pytorch-metric-learning's
+losses); :class:`SECInfoNCE` is it around NT-Xent; :class:`SECRegularizer` is SEC in pytorch-metric-learning's
+own ``embedding_regularizer`` hook.
 
 SEC (Zhang, Li, Zhang, "Deep Metric Learning with Spherical Embedding", NeurIPS 2020,
 arXiv 2011.02785, eq. 5) pulls every embedding's norm towards one common radius ``mu``:
@@ -22,7 +26,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from lightly.loss import NTXentLoss
+from lightly.loss import DCLLoss, DCLWLoss, NTXentLoss
+from lightly.models.modules.memory_bank import MemoryBankModule
+from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import Tensor, nn
 
 
@@ -152,10 +158,11 @@ class NormPenalty(nn.Module):
 
 
 class SECLossOutput(NamedTuple):
-    """What :class:`SECInfoNCE` returns; every field is a scalar tensor.
+    """What :class:`WithSEC` (and so :class:`SECInfoNCE`) returns; every field is a scalar tensor.
 
-    ``total`` carries the gradient; ``norm_mean``/``norm_std`` are the (global) statistics
-    of the projection norms before normalization, the quantities the SEC paper plots.
+    ``total`` carries the gradient. ``contrastive`` is the wrapped loss's value, detached (the name is kept from
+    when the wrapped loss was always NT-Xent). ``norm_mean``/``norm_std`` are the (global) statistics of the
+    embedding norms before normalization, the quantities the SEC paper plots.
     """
 
     total: Tensor
@@ -165,21 +172,145 @@ class SECLossOutput(NamedTuple):
     norm_std: Tensor
 
 
-class SECInfoNCE(nn.Module):
-    """InfoNCE / NT-Xent on normalized projections, plus SEC on their norms.
+def _embedding_arguments(args: Sequence[object]) -> Sequence[Tensor]:
+    """The 2-D floating-point tensors among ``args``: the embeddings (labels are integer, index tuples not tensors)."""
+    return [a for a in args if isinstance(a, Tensor) and a.dim() == 2 and a.is_floating_point()]
+
+
+class WithSEC(nn.Module):
+    """Any embedding loss, plus SEC (and optionally the L2 penalty) on the embeddings it is given.
+
+    ``total = loss(*args, **kwargs) + weight_scale * (sec_weight * sec + norm_penalty_weight * mean_i ||z_i||^2)``
+
+    The wrapped loss is called unchanged, so it normalizes the embeddings itself (lightly's contrastive losses
+    and pytorch-metric-learning's default distances do). SEC is taken over the **unnormalized** embeddings: the
+    2-D floating-point tensors among the positional arguments (pml's integer labels and index tuples are
+    skipped), those that carry gradient (SimCLR: both views; MoCo: the queries, not the momentum encoder's
+    keys), or all of them when none does (evaluation under ``no_grad``). Their row norms are concatenated and
+    ``mu`` is their mean over the global batch (:func:`norm_moments`), or its EMA with ``sec_momentum``.
+
+    A weight of 0 leaves its term out, so ``sec_weight=0, norm_penalty_weight=0`` gives exactly the wrapped
+    loss's value and gradient. ``weight_scale`` (default 1) is the schedule's factor for the step, set by a
+    trainer before each step (``scheduled_weight(1.0, "linear", step, total_steps)`` for the authors' ramp).
+    ``check_finite`` (default True) raises :class:`NonFiniteError` on NaN/Inf embeddings; the check reads a value
+    back from the device, so a trainer that checks the loss itself turns it off.
+
+    The wrapped loss is the submodule ``loss``: its parameters (pml ArcFace's class weights) are optimized and
+    saved with this module. A lightly memory bank (MoCo's queue of negatives), which lightly keeps out of
+    ``state_dict``, is saved here as extra state so that a resumed run continues with the same negatives.
+
+    Args:
+        loss: a module whose forward returns a scalar tensor.
+        sec_weight: weight ``eta`` of SEC.
+        sec_momentum: ``None`` for the batch-mean ``mu``, else the EMA momentum ``rho`` in (0, 1].
+        norm_penalty_weight: weight of the L2 norm penalty (the paper's baseline).
+
+    Shapes:
+        the wrapped loss's arguments, with the embeddings (N_k, D_k) positional -> :class:`SECLossOutput`.
+
+    Example:
+        >>> from pytorch_metric_learning.losses import TripletMarginLoss
+        >>> loss_fn = WithSEC(TripletMarginLoss(margin=0.2), sec_weight=1.0)
+        >>> out = loss_fn(model(images), labels)
+        >>> out.total.backward()
+    """
+
+    def __init__(self, loss: nn.Module, sec_weight: float = 0.0, sec_momentum: Optional[float] = None,
+                 norm_penalty_weight: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(loss, nn.Module):
+            raise TypeError(f"WithSEC wraps an nn.Module loss, got {type(loss).__name__}")
+        self.sec_weight = _check_weight(sec_weight, "sec_weight")
+        self.norm_penalty_weight = _check_weight(norm_penalty_weight, "norm_penalty_weight")
+        self.loss = loss
+        self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
+        self.weight_scale = 1.0
+        self.check_finite = True
+
+    def forward(self, *args: object, **kwargs: object) -> SECLossOutput:
+        carriers = self.carriers(args)
+        norms = torch.cat([_row_norms(z) for z in carriers])
+        norm_mean, norm_std = norm_moments(norms)
+
+        value = self.loss(*args, **kwargs)
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"WithSEC needs a loss that returns a scalar tensor; {type(self.loss).__name__} "
+                            f"returned {got}: give it a reducing reduction (a mean)")
+        sec = self.sec.penalty(norms, norm_mean)
+        total = value
+        if self.sec_weight > 0:
+            total = total + self.weight_scale * self.sec_weight * sec
+        if self.norm_penalty_weight > 0:
+            total = total + self.weight_scale * self.norm_penalty_weight * norms.square().mean()
+        return SECLossOutput(total, value.detach(), sec.detach(), norm_mean, norm_std)
+
+    def carriers(self, args: Sequence[object]) -> Sequence[Tensor]:
+        """The embeddings SEC is taken over: the 2-D float positional tensors with gradient, else all of them."""
+        embeddings = _embedding_arguments(args)
+        if not embeddings:
+            raise ValueError(f"WithSEC({type(self.loss).__name__}) found no 2-D floating-point tensor among the "
+                             "positional arguments; pass the unnormalized embeddings (N, D) positionally")
+        for z in embeddings:
+            _check_embeddings(z, "embeddings", self.check_finite)
+        return [z for z in embeddings if z.requires_grad] or embeddings
+
+    def _memory_bank(self) -> Optional[MemoryBankModule]:
+        bank = getattr(self.loss, "memory_bank", None)
+        return bank if isinstance(bank, MemoryBankModule) and bank.size[0] > 0 else None
+
+    def get_extra_state(self) -> dict:
+        bank = self._memory_bank()
+        return {} if bank is None else {"bank": bank.bank, "bank_ptr": bank.bank_ptr}
+
+    def set_extra_state(self, state: dict) -> None:
+        bank = self._memory_bank()
+        if state and bank is not None:
+            bank.bank.copy_(state["bank"])
+            bank.bank_ptr.copy_(state["bank_ptr"])
+
+    def extra_repr(self) -> str:
+        return f"sec_weight={self.sec_weight}, norm_penalty_weight={self.norm_penalty_weight}"
+
+
+CONTRASTIVE_LOSSES = ("ntxent", "dcl", "dclw")
+
+
+def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
+                     gather_distributed: bool = False) -> nn.Module:
+    """lightly's contrastive loss ``name``, on two batches of projections (N, D) that it normalizes itself.
+
+    ``ntxent``: NT-Xent / InfoNCE (SimCLR), with an optional queue of ``memory_bank_size=(K, D)`` negatives
+    (MoCo). ``dcl`` / ``dclw``: decoupled contrastive learning (Yeh et al. 2022), NT-Xent without the positive
+    pair in the denominator (``dclw`` weights the positives by a von Mises-Fisher factor, ``sigma=0.5``); they
+    have no queue. ``gather_distributed`` takes the negatives from every process.
+    """
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if name == "ntxent":
+        return NTXentLoss(temperature=temperature, memory_bank_size=memory_bank_size,
+                          gather_distributed=gather_distributed)
+    if name not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"unknown contrastive loss {name!r}; choose one of {', '.join(CONTRASTIVE_LOSSES)}")
+    bank = (memory_bank_size,) if isinstance(memory_bank_size, int) else tuple(memory_bank_size)
+    if bank[0] != 0:
+        raise ValueError(f"{name} has no memory bank (queue of negatives); use 'ntxent' with "
+                         f"memory_bank_size={memory_bank_size}, or memory_bank_size=0")
+    loss_class = DCLLoss if name == "dcl" else DCLWLoss
+    return loss_class(temperature=temperature, gather_distributed=gather_distributed)
+
+
+class SECInfoNCE(WithSEC):
+    """InfoNCE / NT-Xent on normalized projections, plus SEC on their norms: ``WithSEC(NTXentLoss(...))``.
 
     ``total = contrastive + weight_scale * (sec_weight * sec + norm_penalty_weight * penalty)``
 
-    ``weight_scale`` (default 1) is the schedule's factor for the step; a trainer sets it before each
-    step (``scheduled_weight(1.0, "linear", step, total_steps)`` for the authors' linear ramp).
-
-    The contrastive part is lightly's :class:`~lightly.loss.NTXentLoss` with the same
-    ``temperature``, ``memory_bank_size`` and ``gather_distributed`` (SimCLR: in-batch
-    negatives, gathered over processes; MoCo: a queue of ``memory_bank_size=(K, D)``
-    negatives, updated with ``z1`` after the loss). SEC and the norm penalty are taken
-    over the projections that carry gradient (both views for SimCLR; only the queries
-    ``z0`` for MoCo, whose keys come from the momentum encoder); when none does (evaluation
-    under ``no_grad``), over both.
+    The contrastive part is lightly's :class:`~lightly.loss.NTXentLoss` with the same ``temperature``,
+    ``memory_bank_size`` and ``gather_distributed`` (SimCLR: in-batch negatives, gathered over processes;
+    MoCo: a queue of ``memory_bank_size=(K, D)`` negatives, updated with ``z1`` after the loss, and checkpointed
+    with this module). SEC and the norm penalty are taken over the projections that carry gradient (both views
+    for SimCLR; only the queries ``z0`` for MoCo, whose keys come from the momentum encoder); when none does
+    (evaluation under ``no_grad``), over both. See :class:`WithSEC` for ``weight_scale`` and ``check_finite``.
 
     Args:
         temperature: softmax temperature of NT-Xent.
@@ -207,53 +338,45 @@ class SECInfoNCE(nn.Module):
         memory_bank_size: Union[int, Sequence[int]] = 0,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        self.sec_weight = _check_weight(sec_weight, "sec_weight")
-        self.norm_penalty_weight = _check_weight(norm_penalty_weight, "norm_penalty_weight")
-        self.contrastive = NTXentLoss(
-            temperature=temperature,
-            memory_bank_size=memory_bank_size,
-            gather_distributed=gather_distributed,
-        )
-        self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
-        self.weight_scale = 1.0
-        # Raise NonFiniteError on NaN/Inf input. A trainer that checks the loss itself turns this off: the
-        # check reads a value back from the device at every step.
-        self.check_finite = True
+        super().__init__(contrastive_loss("ntxent", temperature, memory_bank_size, gather_distributed),
+                         sec_weight=sec_weight, sec_momentum=sec_momentum, norm_penalty_weight=norm_penalty_weight)
+
+    @property
+    def contrastive(self) -> NTXentLoss:
+        """The wrapped :class:`~lightly.loss.NTXentLoss` (``self.loss``)."""
+        return self.loss
 
     def forward(self, z0: Tensor, z1: Tensor) -> SECLossOutput:
-        _check_embeddings(z0, "z0", self.check_finite)
-        _check_embeddings(z1, "z1", self.check_finite)
+        _check_embeddings(z0, "z0", finite=False)  # WithSEC checks the values
+        _check_embeddings(z1, "z1", finite=False)
         if z0.shape != z1.shape:
             raise ValueError(
                 f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}"
             )
-        carriers = [z for z in (z0, z1) if z.requires_grad] or [z0, z1]
-        norms = torch.cat([_row_norms(z) for z in carriers])
-        norm_mean, norm_std = norm_moments(norms)
+        return super().forward(z0, z1)
 
-        contrastive = self.contrastive(z0, z1)
-        sec = self.sec.penalty(norms, norm_mean)
-        total = contrastive
-        if self.sec_weight > 0:
-            total = total + self.weight_scale * self.sec_weight * sec
-        if self.norm_penalty_weight > 0:
-            total = total + self.weight_scale * self.norm_penalty_weight * norms.square().mean()
-        return SECLossOutput(total, contrastive.detach(), sec.detach(), norm_mean, norm_std)
 
-    # lightly keeps its queue in non-persistent buffers; checkpoint it here so that a
-    # resumed MoCo run continues with the same negatives.
-    def get_extra_state(self) -> dict:
-        bank = self.contrastive.memory_bank
-        if bank.size[0] == 0:
-            return {}
-        return {"bank": bank.bank, "bank_ptr": bank.bank_ptr}
+class SECRegularizer(BaseRegularizer):
+    """SEC as a pytorch-metric-learning embedding regularizer: ``embedding_regularizer=SECRegularizer()``.
 
-    def set_extra_state(self, state: dict) -> None:
-        if not state:
-            return
-        bank = self.contrastive.memory_bank
-        bank.bank.copy_(state["bank"])
-        bank.bank_ptr.copy_(state["bank_ptr"])
+    pml calls it on the raw embeddings given to the loss and adds ``embedding_reg_weight`` times its value.
+    The per-embedding losses ``(||e_i|| - mu)^2`` (``mu`` detached, global under torch.distributed, or its EMA
+    with ``sec_momentum``) are averaged by pml's default :class:`MeanReducer`, so
+    ``TripletMarginLoss(embedding_regularizer=SECRegularizer(), embedding_reg_weight=w)(e, labels)`` equals
+    ``WithSEC(TripletMarginLoss(), sec_weight=w)(e, labels).total``. pml's own ``LpRegularizer()`` is the mean
+    norm ``mean_i ||e_i||``; the paper's L2 baseline (:class:`NormPenalty`) is ``LpRegularizer(power=2)``.
+
+    Example:
+        >>> from pytorch_metric_learning.losses import MultiSimilarityLoss
+        >>> loss_fn = MultiSimilarityLoss(embedding_regularizer=SECRegularizer(), embedding_reg_weight=1.0)
+    """
+
+    def __init__(self, sec_momentum: Optional[float] = None) -> None:
+        super().__init__()
+        self.sec = SphericalEmbeddingConstraint(momentum=sec_momentum)
+
+    def compute_loss(self, embeddings: Tensor) -> dict:
+        norms = _row_norms(embeddings)
+        mu = self.sec.target_norm(norm_moments(norms)[0])
+        rows = torch.arange(len(norms), device=norms.device)
+        return {"loss": {"losses": (norms - mu).square(), "indices": rows, "reduction_type": "element"}}

@@ -56,12 +56,19 @@ def test_values_are_typed_by_the_schema_not_by_yaml(tmp_path):
         ("model.backbone=vit", "model.backbone must be one of resnet18, resnet50, small_cnn; got 'vit'"),
         ("data.name=mnist", "data.name must be one of cifar10, cifar100, fashion_mnist, npz, imagenet_folder"),
         ("epochs", "must look like key=value"),
+        ("loss.contrastive=infonce", "loss.contrastive must be one of ntxent, dcl, dclw; got 'infonce'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_choices(override, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, [override])
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_contrastive_loss_without_a_queue_is_refused_for_moco():
+    with pytest.raises(ConfigError, match="loss.contrastive=dclw has no queue of negatives, which method=moco needs"):
+        load_config(None, ["method=moco", "loss.contrastive=dclw"])
+    assert load_config(None, ["method=simclr", "loss.contrastive=dclw"]).loss.contrastive == "dclw"
 
 
 def test_defaults_are_the_embedded_published_recipe():

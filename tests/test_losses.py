@@ -5,9 +5,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lightly.loss import NTXentLoss
+from lightly.loss import DCLLoss, DCLWLoss, NegativeCosineSimilarity, NTXentLoss
+from lightly.loss.hypersphere_loss import HypersphereLoss
+from pytorch_metric_learning.losses import ArcFaceLoss, MultiSimilarityLoss, TripletMarginLoss
+from pytorch_metric_learning.regularizers import LpRegularizer
 
-from sslsec.losses import NormPenalty, SECInfoNCE, SphericalEmbeddingConstraint
+from sslsec.losses import (
+    NormPenalty,
+    SECInfoNCE,
+    SECRegularizer,
+    SphericalEmbeddingConstraint,
+    WithSEC,
+    contrastive_loss,
+)
 
 
 def _embeddings(n=16, d=8, seed=0):
@@ -211,3 +221,210 @@ def test_weight_scale_scales_sec_and_the_norm_penalty():
     assert scaled.total - scaled.contrastive == pytest.approx(0.25 * regulariser.item(), rel=1e-5)
     loss_fn.weight_scale = 0.0
     assert loss_fn(z0, z1).total == pytest.approx(full.contrastive.item())
+
+
+def _sec_by_hand(*embeddings, mu=None):
+    norms = torch.cat([z.detach().norm(dim=1) for z in embeddings]).double()
+    mu = norms.mean() if mu is None else mu
+    return ((norms - mu) ** 2).mean(), (norms**2).mean()
+
+
+def _labels(n=16, classes=4):
+    return torch.arange(classes).repeat_interleave(n // classes)
+
+
+def test_secinfonce_numbers_are_lightly_ntxent_plus_sec_by_hand_with_the_ema():
+    rho, eta, l2 = 0.4, 0.7, 0.01
+    loss_fn = SECInfoNCE(temperature=0.3, sec_weight=eta, sec_momentum=rho, norm_penalty_weight=l2)
+    loss_fn.weight_scale = 0.5
+    mu = None
+    for seed in range(3):
+        z0, z1 = _embeddings(seed=2 * seed).requires_grad_(), _embeddings(seed=2 * seed + 1).requires_grad_()
+        norms = torch.cat([z0, z1]).detach().norm(dim=1)
+        mu = norms.mean() if mu is None else (1 - rho) * mu + rho * norms.mean()
+        sec, penalty = _sec_by_hand(z0, z1, mu=mu)
+        out = loss_fn(z0, z1)
+        ntxent = NTXentLoss(temperature=0.3)(z0, z1)
+        assert torch.allclose(out.contrastive, ntxent.detach())
+        assert torch.allclose(out.sec, sec, atol=1e-6)
+        assert torch.allclose(out.total, ntxent + 0.5 * (eta * sec + l2 * penalty), atol=1e-6)
+        assert torch.allclose(out.norm_mean.double(), norms.mean())
+
+
+def test_secinfonce_keeps_its_state_dict_keys():
+    # a checkpoint written before SECInfoNCE became a WithSEC loads unchanged
+    assert set(SECInfoNCE(memory_bank_size=(32, 8)).state_dict()) == {"_extra_state", "sec.mu", "sec.num_updates"}
+    loss_fn = SECInfoNCE(temperature=0.2)
+    assert loss_fn.contrastive is loss_fn.loss and loss_fn.contrastive.temperature == 0.2
+
+
+def test_weight_zero_is_exactly_the_wrapped_lightly_loss_value_and_gradient():
+    z0, z1 = _embeddings(seed=1).requires_grad_(), _embeddings(seed=2).requires_grad_()
+    out = WithSEC(DCLLoss(temperature=0.5))(z0, z1)
+    out.total.backward()
+    grads = z0.grad.clone(), z1.grad.clone()
+    z0.grad = z1.grad = None
+    plain = DCLLoss(temperature=0.5)(z0, z1)
+    plain.backward()
+    assert torch.equal(out.total, plain) and torch.equal(out.contrastive, plain.detach())
+    assert torch.equal(grads[0], z0.grad) and torch.equal(grads[1], z1.grad)
+
+
+def test_weight_zero_is_exactly_the_wrapped_pml_loss_value_and_gradient():
+    embeddings, labels = _embeddings().requires_grad_(), _labels()
+    out = WithSEC(TripletMarginLoss(margin=0.2))(embeddings, labels)
+    out.total.backward()
+    grad = embeddings.grad.clone()
+    embeddings.grad = None
+    plain = TripletMarginLoss(margin=0.2)(embeddings, labels)
+    plain.backward()
+    assert torch.equal(out.total, plain) and torch.equal(grad, embeddings.grad)
+
+
+def test_sec_term_of_a_two_view_lightly_loss_is_its_formula():
+    z0, z1 = _embeddings(seed=3).requires_grad_(), _embeddings(seed=4).requires_grad_()
+    out = WithSEC(NTXentLoss(temperature=0.5), sec_weight=0.6, norm_penalty_weight=0.02)(z0, z1)
+    sec, penalty = _sec_by_hand(z0, z1)
+    assert torch.allclose(out.sec, sec)
+    assert torch.allclose(out.total, NTXentLoss(temperature=0.5)(z0, z1) + 0.6 * sec + 0.02 * penalty)
+
+
+def test_sec_term_of_a_pml_loss_with_labels_is_its_formula():
+    embeddings, labels = _embeddings(n=20, seed=5).requires_grad_(), _labels(n=20, classes=5)
+    out = WithSEC(MultiSimilarityLoss(), sec_weight=1.5)(embeddings, labels)
+    sec, _ = _sec_by_hand(embeddings)
+    norms = embeddings.detach().norm(dim=1)
+    assert torch.allclose(out.sec, sec)
+    assert torch.allclose(out.norm_mean.double(), norms.mean())
+    assert torch.allclose(out.norm_std.double(), norms.std(unbiased=False), atol=1e-6)
+    assert torch.allclose(out.total, MultiSimilarityLoss()(embeddings, labels) + 1.5 * sec)
+
+
+def test_the_sec_gradient_is_radial_it_moves_norms_not_directions():
+    embeddings, labels = _embeddings(seed=6).requires_grad_(), _labels()
+
+    def grad(sec_weight):
+        embeddings.grad = None
+        WithSEC(TripletMarginLoss(), sec_weight=sec_weight)(embeddings, labels).total.backward()
+        return embeddings.grad.clone()
+
+    sec_grad = grad(2.0) - grad(0.0)
+    unit = torch.nn.functional.normalize(embeddings.detach(), dim=1)
+    radial = (sec_grad * unit).sum(dim=1, keepdim=True)
+    tangential = sec_grad - radial * unit
+    assert tangential.abs().max() < 1e-12 < radial.abs().max()
+    norms = embeddings.detach().norm(dim=1)
+    assert torch.allclose(radial.squeeze(1), 2.0 * 2 / len(norms) * (norms - norms.mean()))
+
+
+def test_sec_is_taken_over_the_arguments_that_carry_gradient_else_all():
+    x0, x1 = _embeddings(seed=7).requires_grad_(), _embeddings(seed=8) * 10
+    loss_fn = WithSEC(NegativeCosineSimilarity(), sec_weight=1.0)
+    assert torch.allclose(loss_fn(x0, x1).sec, _sec_by_hand(x0)[0])
+    assert torch.allclose(loss_fn(x1, x0).sec, _sec_by_hand(x0)[0])
+    assert torch.allclose(loss_fn(x0.detach(), x1).sec, _sec_by_hand(x0, x1)[0])  # e.g. under no_grad
+
+
+def test_arcface_class_weights_are_parameters_and_state_of_the_wrapper():
+    loss_fn = WithSEC(ArcFaceLoss(num_classes=4, embedding_size=8), sec_weight=1.0)
+    assert [name for name, _ in loss_fn.named_parameters()] == ["loss.W"]
+    assert "loss.W" in loss_fn.state_dict()
+    embeddings = _embeddings().float().requires_grad_()
+    loss_fn(embeddings, _labels()).total.backward()
+    assert loss_fn.loss.W.grad.abs().sum() > 0
+
+    restored = WithSEC(ArcFaceLoss(num_classes=4, embedding_size=8))
+    restored.load_state_dict(loss_fn.state_dict())
+    assert torch.equal(restored.loss.W, loss_fn.loss.W)
+
+
+@pytest.mark.parametrize(
+    "loss", [NTXentLoss(temperature=0.5), DCLLoss(temperature=0.5), DCLWLoss(temperature=0.5),
+             NegativeCosineSimilarity(), HypersphereLoss()],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_every_lightly_two_view_loss_trains_inside_withsec(loss):
+    z0, z1 = _embeddings(seed=9).requires_grad_(), _embeddings(seed=10).requires_grad_()
+    out = WithSEC(loss, sec_weight=0.5)(z0, z1)
+    out.total.backward()
+    assert torch.allclose(out.total - out.contrastive, 0.5 * _sec_by_hand(z0, z1)[0])
+    assert torch.isfinite(z0.grad).all() and torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
+
+
+def test_a_loss_without_a_scalar_or_without_embeddings_is_a_clear_error():
+    with pytest.raises(TypeError, match="returns a scalar tensor; CosineSimilarity returned shape \\(16,\\)"):
+        WithSEC(torch.nn.CosineSimilarity())(_embeddings(seed=1), _embeddings(seed=2))
+    with pytest.raises(ValueError, match="no 2-D floating-point tensor among the positional arguments"):
+        WithSEC(TripletMarginLoss())(embeddings=_embeddings(), labels=_labels())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        WithSEC(TripletMarginLoss())(torch.full((4, 2), float("nan")), _labels(4, 2))
+
+
+@pytest.mark.parametrize("loss_class", [TripletMarginLoss, MultiSimilarityLoss])
+def test_sec_regularizer_in_pml_equals_withsec(loss_class):
+    embeddings, labels = _embeddings(seed=11).requires_grad_(), _labels()
+    regularized = loss_class(embedding_regularizer=SECRegularizer(), embedding_reg_weight=0.8)(embeddings, labels)
+    regularized.backward()
+    grad = embeddings.grad.clone()
+    embeddings.grad = None
+    wrapped = WithSEC(loss_class(), sec_weight=0.8)(embeddings, labels).total
+    wrapped.backward()
+    assert torch.allclose(regularized, wrapped) and torch.allclose(grad, embeddings.grad)
+
+
+def test_sec_regularizer_keeps_the_ema_and_pml_lp_regularizer_relates_to_norm_penalty():
+    regularizer = SECRegularizer(sec_momentum=0.5)
+    first, second = _embeddings(seed=12), _embeddings(seed=13)
+    regularizer(first)
+    mu = 0.5 * first.norm(dim=1).mean() + 0.5 * second.norm(dim=1).mean()
+    assert torch.allclose(regularizer(second), _sec_by_hand(second, mu=mu)[0])
+    assert torch.allclose(regularizer.sec.mu.double(), mu)
+
+    z = _embeddings(seed=14)
+    assert torch.allclose(LpRegularizer(power=2)(z), NormPenalty()(z))  # the paper's L2 baseline
+    assert torch.allclose(LpRegularizer()(z), z.norm(dim=1).mean())  # pml's default: the mean norm
+
+
+def test_contrastive_loss_names_build_lightly_losses_and_refuse_a_queue_without_one():
+    assert type(contrastive_loss("ntxent", 0.2, (64, 8))).__name__ == "NTXentLoss"
+    dcl = contrastive_loss("dcl", 0.2, gather_distributed=True)
+    assert isinstance(dcl, DCLLoss) and dcl.temperature == 0.2 and dcl.gather_distributed
+    assert isinstance(contrastive_loss("dclw", 0.2), DCLWLoss)
+    with pytest.raises(ValueError, match="dcl has no memory bank"):
+        contrastive_loss("dcl", 0.2, (64, 8))
+    with pytest.raises(ValueError, match="unknown contrastive loss 'infonce'; choose one of ntxent, dcl, dclw"):
+        contrastive_loss("infonce")
+
+
+def _distributed_pml_worker(rank, world_size, port, embeddings, labels, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        rows = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
+        loss_fn = WithSEC(TripletMarginLoss(), sec_weight=1.0, sec_momentum=0.5)
+        regularizer = SECRegularizer(sec_momentum=0.5)
+        for step in range(2):  # the second step exercises the EMA update
+            z = embeddings[step][rows].clone().requires_grad_()
+            out = loss_fn(z, labels[rows])
+            reg = regularizer(z).detach()
+        results[rank] = (float(loss_fn.sec.mu), float(out.sec), float(out.norm_std), float(regularizer.sec.mu),
+                         float(reg))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_mu_of_a_wrapped_pml_loss_is_the_global_one():
+    embeddings, labels = [_embeddings(n=8, seed=s).float() for s in (3, 4)], _labels(8, 2)
+    mu = embeddings[0].norm(dim=1).mean() * 0.5 + embeddings[1].norm(dim=1).mean() * 0.5
+    sec, _ = _sec_by_hand(embeddings[1], mu=mu)
+
+    results = mp.Manager().dict()
+    mp.spawn(_distributed_pml_worker, args=(2, _free_port(), embeddings, labels, results), nprocs=2)
+    for rank in range(2):
+        assert results[rank][0] == pytest.approx(float(mu), rel=1e-6)
+        assert results[rank][3] == pytest.approx(float(mu), rel=1e-6)
+        assert results[rank][2] == pytest.approx(float(embeddings[1].norm(dim=1).std(unbiased=False)), rel=1e-5)
+    # each process's SEC is its rows' mean about the common mu: their average is the global SEC
+    assert (results[0][1] + results[1][1]) / 2 == pytest.approx(float(sec), rel=1e-5)
+    assert (results[0][4] + results[1][4]) / 2 == pytest.approx(float(sec), rel=1e-5)

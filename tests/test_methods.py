@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 import torch
+from lightly.loss import DCLLoss, NTXentLoss
 
 from sslsec.augment import MoCoV2Augment, SimCLRAugment
 from sslsec.config import load_config
@@ -25,11 +26,20 @@ def _views(n=8, channels=1, seed=0):
 def test_build_method_picks_the_method_and_its_loss_settings():
     simclr = build_method(_config("simclr", "loss.sec_weight=0.5"), in_channels=1, distributed=True)
     assert isinstance(simclr, SimCLR)
-    assert simclr.criterion.sec_weight == 0.5 and simclr.criterion.contrastive.gather_distributed
+    assert simclr.criterion.sec_weight == 0.5 and simclr.criterion.loss.gather_distributed
     moco = build_method(_config("moco", "loss.temperature=0.2"), in_channels=3)
     assert isinstance(moco, MoCo)
-    assert moco.criterion.contrastive.memory_bank.size == (64, 16)
-    assert moco.criterion.contrastive.temperature == 0.2
+    assert moco.criterion.loss.memory_bank.size == (64, 16)
+    assert moco.criterion.loss.temperature == 0.2
+
+
+def test_loss_contrastive_picks_simclrs_lightly_loss():
+    simclr = build_method(_config("simclr", "loss.contrastive=dcl", "loss.temperature=0.2", "loss.sec_weight=0.5"),
+                          in_channels=1, distributed=True)
+    assert isinstance(simclr.criterion.loss, DCLLoss)
+    assert simclr.criterion.loss.temperature == 0.2 and simclr.criterion.loss.gather_distributed
+    assert simclr.criterion.sec_weight == 0.5
+    assert isinstance(build_method(_config("simclr"), in_channels=1).criterion.loss, NTXentLoss)
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
@@ -108,7 +118,7 @@ def test_moco_queue_holds_the_normalized_keys_after_a_step():
     model = build_method(_config("moco"), in_channels=1)
     vq, vk = _views()
     expected_keys = torch.nn.functional.normalize(model.keys(vk), dim=1)
-    bank = model.criterion.contrastive.memory_bank
+    bank = model.criterion.loss.memory_bank
     old_queue = bank.bank.clone()
 
     model(vq, vk).total.backward()

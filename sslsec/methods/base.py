@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sslsec.augment import ContrastiveAugment
-from sslsec.losses import SECInfoNCE, SECLossOutput, scheduled_weight
+from sslsec.losses import SECLossOutput, WithSEC, contrastive_loss, scheduled_weight
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Method(nn.Module):
-    """Backbone, projection head and :class:`SECInfoNCE`; subclasses define ``forward(view0, view1)``.
+    """Backbone, projection head and the loss with SEC (:class:`WithSEC`); subclasses define ``forward(view0, view1)``.
 
     Args:
         sec_schedule: ``"constant"`` or ``"linear"``: how :meth:`before_step` scales the regularizer weights.
@@ -33,7 +33,7 @@ class Method(nn.Module):
     n_views: ClassVar[int] = 2  # augmented views of each image per step
     images_per_class: Optional[int] = None  # K of class-balanced P x K batches; None: plain shuffled batches
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, criterion: SECInfoNCE,
+    def __init__(self, backbone: nn.Module, head: nn.Module, criterion: WithSEC,
                  sec_schedule: str = "constant") -> None:
         super().__init__()
         self.backbone = backbone
@@ -85,11 +85,10 @@ class Method(nn.Module):
         head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
                                    output_dim=config.model.projection_dim)
         loss = config.loss
-        criterion = SECInfoNCE(
-            temperature=loss.temperature, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
-            norm_penalty_weight=loss.norm_penalty_weight, memory_bank_size=cls.memory_bank_size(config),
-            gather_distributed=distributed,
-        )
+        contrastive = contrastive_loss(loss.contrastive, loss.temperature, cls.memory_bank_size(config),
+                                       gather_distributed=distributed)
+        criterion = WithSEC(contrastive, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
+                            norm_penalty_weight=loss.norm_penalty_weight)
         model = cls(backbone, head, criterion, sec_schedule=loss.sec_schedule, **cls.options(config))
         if distributed and cls.sync_batchnorm(config):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

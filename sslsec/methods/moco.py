@@ -14,7 +14,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from sslsec.augment import MoCoV2Augment
-from sslsec.losses import SECInfoNCE, SECLossOutput
+from sslsec.losses import SECLossOutput, WithSEC
 from sslsec.methods.base import Method
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class MoCo(Method):
     """MoCo v2 with SEC on the queries.
 
-    The queue lives in ``criterion`` (lightly's memory bank, checkpointed by :class:`SECInfoNCE`) and is
+    The queue lives in ``criterion`` (lightly's memory bank, checkpointed by :class:`WithSEC`) and is
     updated with the keys of all processes after the loss.
 
     Args:
@@ -40,7 +40,7 @@ class MoCo(Method):
     augment = MoCoV2Augment
     projection_head = MoCoProjectionHead
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, criterion: SECInfoNCE, sec_schedule: str = "constant",
+    def __init__(self, backbone: nn.Module, head: nn.Module, criterion: WithSEC, sec_schedule: str = "constant",
                  *, momentum: float = 0.99, cosine_momentum: bool = False, shuffle_bn: bool = True) -> None:
         super().__init__(backbone, head, criterion, sec_schedule)
         self.backbone_momentum = copy.deepcopy(backbone)
