@@ -1,5 +1,5 @@
-"""Console entry points (``sslsec-pretrain``, ``sslsec-linear-probe``, ``sslsec-diagnose``, ``sslsec-study``):
-parse the arguments, call one library function, print what it found.
+"""Console entry points (``sslsec-pretrain``, ``sslsec-linear-probe``, ``sslsec-retrieval``, ``sslsec-diagnose``,
+``sslsec-study``, ``sslsec-metric-study``): parse the arguments, call one library function, print what it found.
 
 One style of command line: everything that is a config key is given as ``key=value`` (before or after the
 flags; the syntax of :func:`sslsec.config.load_config`), flags are only for what is not a config key, and
@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from accelerate import Accelerator, PartialState
 from torch import nn
@@ -26,7 +26,7 @@ from sslsec.analysis.diagnostics import diagnose_run
 from sslsec.config import Config, ConfigError, config_keys, load_config
 from sslsec.data import DatasetError, load_splits
 from sslsec.engine import TrainingError, make_accelerator, pretrain
-from sslsec.eval import EvaluationError, eval_crop_size, evaluate_backbone, random_backbone
+from sslsec.eval import EvaluationError, eval_crop_size, evaluate_backbone, random_backbone, score_retrieval
 from sslsec.runs import RunError, RunPaths, load_run, load_saved_backbone
 
 USER_ERRORS = (ConfigError, DatasetError, EvaluationError, RunError, TrainingError, FileNotFoundError)
@@ -165,36 +165,17 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
         config, backbone, output_dir, label = _probe_target(args)
-        result = score_retrieval(config, backbone)
+        result = score_retrieval(config, backbone,
+                                 accelerator=make_accelerator(mixed_precision=config.trainer.mixed_precision))
     print(f"{label}: retrieval by cosine similarity, each image against the others of its split")
-    print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS))
+    print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS)
+          + "  ||e|| std/mean")
     for split, scores in result.items():
         print(f"  {split:<6} {scores['images']:>7} {scores['classes']:>7}  "
-              + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS))
+              + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS) + f"  {scores['norm_std_over_mean']:.3f}")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output_dir / 'retrieval.json'}")
-
-
-def score_retrieval(config: Config, backbone: Optional[nn.Module]) -> dict:
-    """``{"val": {...}, "test": {...}}``: :func:`~sslsec.eval.retrieval.retrieval_metrics` of ``backbone`` (random
-    weights if None) on the validation (when the config has one) and test splits, in percent."""
-    from sslsec.eval.features import extract_features
-    from sslsec.eval.retrieval import retrieval_metrics
-
-    train, val, test = load_splits(config)
-    if backbone is None:
-        backbone = random_backbone(config, train.channels)
-    accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision)
-    result = {}
-    for split, dataset in (("val", val), ("test", test)):
-        if dataset is None:
-            continue
-        embeddings, labels = extract_features(backbone, dataset, accelerator=accelerator,
-                                              crop_size=eval_crop_size(config))
-        scores = retrieval_metrics(embeddings, labels, seed=config.trainer.seed)
-        result[split] = {"images": len(dataset), "classes": dataset.num_classes, **scores}
-    return result
 
 
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -233,15 +214,18 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
-    """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each pretrained, probed and diagnosed; prints the table."""
+    """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each trained and scored; prints the table."""
     from sslsec.analysis.study import DEFAULT_VARIANTS, VARIANTS, run_study, summarize_study
 
-    parser = _parser("sslsec-study", "The SEC study: pretrain every variant x seed into output_dir/VARIANT_seedN, then "
-                     "the linear probe, kNN and norm diagnostics; writes study.md, study.json, study_knn.png and "
-                     "study_norms.png into output_dir. The variants take their weights from the config: loss.sec_weight "
-                     "(the sec variants), loss.sec_momentum (sec_ema; default 0.1), loss.norm_penalty_weight (l2; "
-                     "default 0.01), and loss.sec_schedule. Finished runs are reused and interrupted ones resumed. Run it "
-                     "with python, or with accelerate launch / torchrun for several processes.",
+    parser = _parser("sslsec-study", "The SEC study: train every variant x seed into output_dir/VARIANT_seedN, then "
+                     "score it as its method is: the linear probe, kNN and norm diagnostics (SimCLR, MoCo), or "
+                     "retrieval on the validation and test splits and the embedding-norm spread (method: metric); "
+                     "writes study.md, study.json and the plots (study_knn.png and study_norms.png, or "
+                     "study_recall.png) into output_dir. The variants take their weights from the config: "
+                     "loss.sec_weight (the sec variants), loss.sec_momentum (sec_ema; default 0.1), "
+                     "loss.norm_penalty_weight (l2; default 0.01), and loss.sec_schedule. Finished runs are reused and "
+                     "interrupted ones resumed. Run it with python, or with accelerate launch / torchrun for several "
+                     "processes.",
                      "trainer.epochs=4 loss.sec_weight=1.0 loss.norm_penalty_weight=0.01 output_dir=runs/study")
     parser.add_argument("--config", type=Path, help="base config YAML (default: the built-in defaults)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
@@ -250,9 +234,54 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--diagnostics-n", type=int, default=1024,
                         help="test images embedded for the norm diagnostics (default 1024)")
     args = _parse(parser, argv)
-    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    variants = _names(args.variants)
     with _exit_on_user_error(parser.prog):
         rows = run_study(args.config, variants, args.seeds, args.overrides, diagnostics_n=args.diagnostics_n)
     if PartialState().is_main_process:
         print("\n" + summarize_study(rows), end="")
     PartialState().destroy_process_group()
+
+
+def metric_study_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-metric-study``: the metric-learning table, losses x none / L2 / SEC over seeds, weights chosen on
+    validation; prints the table."""
+    from sslsec.analysis.metric_study import (DEFAULT_LOSSES, DEFAULT_VARIANTS, DEFAULT_WEIGHTS, run_metric_study,
+                                              summarize_metric_study)
+
+    parser = _parser("sslsec-metric-study", "The SEC paper's metric-learning table: for each loss (metric.loss), first "
+                     "the SEC and L2 weights, each the candidate of highest validation MAP@R on seed 0 (runs in "
+                     "OUTPUT_DIR/LOSS/choice/), then sslsec-study of the variants over the seeds at those weights (in "
+                     "OUTPUT_DIR/LOSS/); writes metric_study.md, metric_study.json and metric_study_recall.png into "
+                     "output_dir. Finished runs are reused and interrupted ones resumed.",
+                     "data.train_limit=2000 trainer.epochs=3 output_dir=runs/dml_table")
+    parser.add_argument("--config", type=Path, required=True, help="a method: metric config YAML "
+                        "(configs/dml_fmnist.yaml)")
+    parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
+                        help=f"comma-separated metric.loss values (default: {','.join(DEFAULT_LOSSES)})")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated study variants (default: {','.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per variant, trainer.seed=0..SEEDS-1 (default 3)")
+    for variant, weights in DEFAULT_WEIGHTS.items():
+        parser.add_argument(f"--{variant}-weights", default=",".join(map(str, weights)),
+                            help=f"comma-separated candidate {variant} weights (default: "
+                            f"{','.join(map(str, weights))}); an empty string keeps the config's")
+    args = _parse(parser, argv)
+    with _exit_on_user_error(parser.prog):
+        weights = {variant: _floats(getattr(args, f"{variant}_weights"), f"--{variant}-weights")
+                   for variant in DEFAULT_WEIGHTS}
+        results = run_metric_study(args.config, _names(args.losses), args.seeds, args.overrides,
+                                   variants=_names(args.variants), weights={v: w for v, w in weights.items() if w})
+    if PartialState().is_main_process:
+        print("\n" + summarize_metric_study(results), end="")
+    PartialState().destroy_process_group()
+
+
+def _names(text: str) -> List[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _floats(text: str, flag: str) -> List[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 0.1,1.0; got {text!r}") from None

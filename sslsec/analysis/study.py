@@ -1,10 +1,13 @@
-"""The SEC study: plain InfoNCE against SEC, SEC with an EMA radius and the L2 norm penalty, over seeds.
+"""The SEC study: the plain loss (InfoNCE, or a metric loss) against SEC, SEC with an EMA radius and the L2 norm
+penalty, over seeds.
 
-Every variant x seed is one pretraining run in ``{output_dir}/{variant}_seed{seed}`` (``trainer.seed=seed``),
-followed by the linear probe and kNN of its backbone and the norm diagnostics of its projections. All runs
-share one base config (a YAML file, then ``key=value`` overrides); each variant then sets only the loss:
+Every variant x seed is one training run in ``{output_dir}/{variant}_seed{seed}`` (``trainer.seed=seed``), then
+scored as its method is (:attr:`sslsec.methods.Method.evaluation`, :mod:`sslsec.analysis.scoring`): an SSL backbone by the
+linear probe and kNN and the norm diagnostics of its projections; a metric-learning embedder (``method: metric``)
+by retrieval on the validation and test splits and the norm spread of its test embeddings. All runs share one base
+config (a YAML file, then ``key=value`` overrides); each variant then sets only the loss:
 
-- ``none``: plain InfoNCE, ``loss.sec_weight=0``, ``loss.norm_penalty_weight=0``;
+- ``none``: the plain loss, ``loss.sec_weight=0``, ``loss.norm_penalty_weight=0``;
 - ``sec``: SEC with the batch-mean radius, ``loss.sec_weight=W``, ``loss.sec_momentum=null``;
 - ``sec_ema``: SEC with an EMA radius, ``loss.sec_weight=W``, ``loss.sec_momentum=rho``;
 - ``l2``: the paper's L2 baseline ``mean_i ||z_i||^2``, ``loss.norm_penalty_weight=W2``.
@@ -12,11 +15,14 @@ share one base config (a YAML file, then ``key=value`` overrides); each variant 
 Defaults: ``W = 1.0`` (``sec_wei 1.0`` in the paper's official code), ``rho = 0.1``, ``W2 = 0.01`` (this
 project's choice, not a published value: ``||z||^2`` is unbounded, so its weight stays small).
 
-A finished run leaves ``study_row.json`` (its row, written last) and ``projection_norms.safetensors``; a rerun
-reuses it, resumes a run that has checkpoints but no backbone, and trains the rest::
+A finished run leaves ``study_row.json`` (its row, written last; SSL runs also ``projection_norms.safetensors``); a
+rerun reuses it, resumes a run that has checkpoints but no backbone, and trains the rest::
 
     rows = run_study("configs/simclr_fmnist.yaml", ["none", "sec"], seeds=3, overrides=["output_dir=runs/study"])
     print(summarize_study(rows))     # also in runs/study/study.md, with study.json and two PNGs
+
+A metric-learning study is the same call on a ``method: metric`` config (``configs/dml_fmnist.yaml``), the loss
+chosen by ``metric.loss=...``; :mod:`sslsec.analysis.metric_study` runs the paper's table over several losses.
 """
 
 from __future__ import annotations
@@ -27,25 +33,37 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from sslsec.analysis.diagnostics import matplotlib_figure, projection_samples, summarize
+from sslsec.analysis.diagnostics import matplotlib_figure
+from sslsec.analysis.scoring import NORMS_FILE, scorer
 from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
 from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
-from sslsec.eval import eval_crop_size, evaluate_backbone
-from sslsec.methods import build_augment
-from sslsec.models import readable_like_other_files
-from sslsec.runs import RunPaths, load_projection_head, load_saved_backbone
+from sslsec.runs import RunPaths, load_saved_backbone
 
 VARIANTS = ("none", "sec", "sec_constant", "sec_linear", "sec_paper", "sec_ema", "l2")
 DEFAULT_VARIANTS = ("none", "sec", "sec_ema", "l2")
 DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
 DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
 PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07
-ROW_FILE, NORMS_FILE = "study_row.json", "projection_norms.safetensors"
+ROW_FILE = "study_row.json"
+
+
+class Monitor(NamedTuple):
+    """A score a method's monitor logs per epoch: its title, its curve's key in a row, the study's plot of it."""
+
+    title: str
+    curve: str
+    plot: str
+
+
+MONITORS = {  # key in metrics.jsonl -> Monitor
+    "knn_top1": Monitor("kNN top-1 (%)", "knn_per_epoch", "study_knn.png"),  # SSL
+    "recall_at_1": Monitor("Recall@1 (%)", "recall_per_epoch", "study_recall.png"),  # metric learning
+}
 
 
 class StudyError(ConfigError):
@@ -102,14 +120,15 @@ def study_dir(base: Config, overrides: Sequence[str]) -> Path:
 def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], seeds: int,
               overrides: Sequence[str] = (), *, diagnostics_n: int = 1024,
               log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """Pretrain, probe and diagnose every variant x seed; write ``study.{json,md}`` and the PNGs into
-    :func:`study_dir` (``output_dir`` if given as an override, else ``{output_dir}_study``).
+    """Train and score every variant x seed; write ``study.{json,md}`` and the PNGs into :func:`study_dir`
+    (``output_dir`` if given as an override, else ``{output_dir}_study``).
 
     Call it on every process of a distributed launch: all run the same loop, only the main process writes
     study files and logs. Returns one row per run (variant-major), the same on every process: ``variant, seed,
-    run_dir, linear_top1, linear_top5, knn_top1`` (%), ``norm_mean, norm_std, norm_std_over_mean`` (test views),
-    ``knn_per_epoch`` (see :func:`knn_per_epoch`), the loss settings, ``eval`` and ``seconds`` (the wall time of
-    the invocation that finished the run).
+    run_dir, method, dataset``, the loss settings, the scores of the method's :class:`Scorer`, ``monitor`` (the
+    key its per-epoch monitor logs), ``monitor_split`` and the curve (``knn_per_epoch`` or
+    ``recall_per_epoch``, see :func:`monitor_per_epoch`), ``eval`` and
+    ``seconds`` (the wall time of the invocation that finished the run).
     """
     variants = list(dict.fromkeys(variants))
     if not variants or seeds < 1 or diagnostics_n < 2:
@@ -142,9 +161,9 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
     if accelerator.is_main_process:
         (output_dir / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
         (output_dir / "study.md").write_text(summarize_study(rows))
-        plot_study(rows, output_dir)
+        plots = plot_study(rows, output_dir)
         say(f"reused {len(reused)} of {len(rows)} runs{': ' + ', '.join(reused) if reused else ''}")
-        say(f"wrote study.md, study.json, study_knn.png, study_norms.png into {output_dir}")
+        say(f"wrote study.md, study.json, {', '.join(path.name for path in plots)} into {output_dir}")
     accelerator.wait_for_everyone()
     return rows
 
@@ -170,75 +189,78 @@ def _check_same_recipe(config: Config, run_dir: Path) -> None:
 def _finished_row(config: Config, run_dir: Path) -> Optional[Dict[str, Any]]:
     """The saved row of a finished run evaluated with the same ``eval`` settings, else None."""
     path = run_dir / ROW_FILE
-    if not (path.is_file() and RunPaths(run_dir).finished() and (run_dir / NORMS_FILE).is_file()):
+    files = scorer(config.method).files
+    if not (path.is_file() and RunPaths(run_dir).finished() and all((run_dir / f).is_file() for f in files)):
         return None
     row = json.loads(path.read_text())
     return row if row.get("eval") == dataclasses.asdict(config.eval) else None
 
 
 def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, accelerator) -> None:
-    """Pretrain (or finish) one run, evaluate it, and (main process) write its norms and row."""
+    """Train (or finish) one run, score it, and (main process) write its row."""
     start = time.perf_counter()
     if not RunPaths(run_dir).finished():
         pretrain(config)
     if not RunPaths(run_dir).finished():  # trainer.max_steps stopped it early
         raise StudyError(f"{run_dir} stopped before its last epoch (trainer.max_steps); drop max_steps to finish it")
     backbone = load_saved_backbone(RunPaths(run_dir).backbone)
-    train, val, test = load_splits(config)
-    probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
-                              val=val, crop_size=eval_crop_size(config))
+    splits = load_splits(config)
+    scores = scorer(config.method).score(config, run_dir, backbone, splits, accelerator, diagnostics_n)
     if accelerator.is_main_process:
-        head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
-        samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),
-                                     diagnostics_n)
-        norms = summarize(samples)
-        save_file({"norms": samples["norms"].contiguous()}, str(run_dir / NORMS_FILE))
-        readable_like_other_files(run_dir / NORMS_FILE)
         row = {"variant": variant, "seed": config.trainer.seed, "run_dir": str(run_dir), "method": config.method,
-               "dataset": test.name, "sec_weight": config.loss.sec_weight, "sec_schedule": config.loss.sec_schedule,
-               "sec_momentum": config.loss.sec_momentum, "norm_penalty_weight": config.loss.norm_penalty_weight,
-               "linear_top1": probe["top1"], "linear_top5": probe["top5"], "knn_top1": probe["knn_top1"],
-               "val_linear_top1": probe.get("val_top1"), "val_knn_top1": probe.get("val_knn_top1"),
-               "norm_mean": norms["norm_mean"], "norm_std": norms["norm_std"],
-               "norm_std_over_mean": norms["norm_std_over_mean"], "knn_per_epoch": knn_per_epoch(run_dir),
-               "seconds": time.perf_counter() - start, "eval": dataclasses.asdict(config.eval)}
+               "dataset": splits[2].name, "sec_weight": config.loss.sec_weight,
+               "sec_schedule": config.loss.sec_schedule, "sec_momentum": config.loss.sec_momentum,
+               "norm_penalty_weight": config.loss.norm_penalty_weight, **scores,
+               **monitor_per_epoch(run_dir), "seconds": time.perf_counter() - start,
+               "eval": dataclasses.asdict(config.eval)}
         partial = run_dir / f".{ROW_FILE}.tmp"
         partial.write_text(json.dumps(row, indent=2) + "\n")
         os.replace(partial, run_dir / ROW_FILE)  # the row appears complete or not at all
     accelerator.wait_for_everyone()
 
 
-def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
-    """``[[epoch, knn_top1], ...]`` from a run's ``metrics.jsonl``; after a resume the last row of an epoch wins."""
-    by_epoch = {}
+def monitor_per_epoch(run_dir: Union[str, Path]) -> Dict[str, Any]:
+    """The per-epoch monitor score a run logged in ``metrics.jsonl``: ``{"monitor": key, "monitor_split": split,
+    curve: [[epoch, value], ...]}``, key one of :data:`MONITORS` (``knn_top1`` for SSL, ``recall_at_1`` for metric
+    learning), curve its :attr:`Monitor.curve` (``knn_per_epoch``, ``recall_per_epoch``), split ``val`` or
+    ``test``; after a resume the last row of an epoch wins. A run that logged none gives ``knn_top1`` and ``[]``."""
+    by_epoch: Dict[int, float] = {}
+    key, split = None, None
     for line in RunPaths(run_dir).metrics.read_text().splitlines():
         row = json.loads(line)
-        if "knn_top1" in row:
-            by_epoch[row["epoch"]] = row["knn_top1"]
-    return [[epoch, by_epoch[epoch]] for epoch in sorted(by_epoch)]
+        key = key or next((name for name in MONITORS if name in row), None)
+        if key is not None and key in row:
+            by_epoch[row["epoch"]], split = row[key], row.get("monitor_split")
+    key = key or "knn_top1"
+    return {"monitor": key, "monitor_split": split,
+            MONITORS[key].curve: [[epoch, by_epoch[epoch]] for epoch in sorted(by_epoch)]}
+
+
+def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
+    """``[[epoch, knn_top1], ...]`` of an SSL run (see :func:`monitor_per_epoch`)."""
+    return monitor_per_epoch(run_dir).get("knn_per_epoch", [])
 
 
 def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
-    """Markdown: per variant, its loss settings, validation and test linear / kNN top-1 (%) and the projections'
-    norm std/mean as mean ± std over seeds (sample std; a single seed shows the value alone), then the kNN top-1
-    per epoch (the monitor's split), mean over seeds."""
-    groups = _by_variant(rows)
+    """Markdown: per variant, its loss settings, the scores of the method's :class:`Scorer` (validation, when every
+    row has it, and test) and the norm std/mean, as mean ± std over seeds (sample std; a single seed shows the
+    value alone), then the monitor per epoch (kNN top-1 or Recall@1 on the monitor's split), mean over seeds."""
+    groups = by_variant(rows)
     first = rows[0]
-    has_val = all(row.get("val_linear_top1") is not None for row in rows)
-    metrics = [("linear_top1", "test linear", 2), ("knn_top1", "test kNN", 2), ("norm_std_over_mean", "norm std/mean", 3)]
-    if has_val:
-        metrics = [("val_linear_top1", "val linear", 2), ("val_knn_top1", "val kNN", 2), *metrics]
-    lines = [f"SEC study: {first['method']} on {first['dataset']}; top-1 (%) of the linear probe and kNN"
+    scoring = scorer(first["method"])
+    metrics = [column for column in scoring.columns if all(row.get(column[0]) is not None for row in rows)]
+    has_val = any(key.startswith("val_") for key, _, _ in metrics)
+    lines = [f"SEC study: {first['method']} on {first['dataset']}; {scoring.measures}"
              + (" on the validation split (choose by these) and the test split" if has_val else " on the test split")
-             + ", norm std/mean of the projections before normalization.", "",
+             + f", norm std/mean of {scoring.norms} before normalization.", "",
              "| variant | SEC weight | schedule | seeds | " + " | ".join(title for _, title, _ in metrics) + " |",
              "|---|---:|---|---:|" + "---:|" * len(metrics)]
     for variant, group in groups.items():
-        cells = [_mean_std([row[key] for row in group], digits) for key, _, digits in metrics]
-        lines.append(f"| {variant} | {_weight_cell(group[0])} | {group[0].get('sec_schedule', 'constant')} | "
+        cells = [mean_std([row[key] for row in group], digits) for key, _, digits in metrics]
+        lines.append(f"| {variant} | {weight_cell(group[0])} | {group[0].get('sec_schedule', 'constant')} | "
                      f"{len(group)} | {' | '.join(cells)} |")
-    curves = {variant: _knn_curve(group) for variant, group in groups.items()}
-    lines += ["", "kNN top-1 (%) during pretraining, mean over seeds:", "",
+    curves = {variant: curve_by_epoch(group) for variant, group in groups.items()}
+    lines += ["", f"{MONITORS[_monitor(first)].title} during training, mean over seeds:", "",
               f"| epoch | {' | '.join(groups)} |", "|---:|" + "---:|" * len(groups)]
     for epoch in sorted({epoch for curve in curves.values() for epoch in curve}):
         cells = [f"{statistics.fmean(curve[epoch]):.2f}" if epoch in curve else "" for curve in curves.values()]
@@ -246,53 +268,76 @@ def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _weight_cell(row: Dict[str, Any]) -> str:
+def weight_cell(row: Dict[str, Any]) -> str:
+    """A row's regularizer in words: ``L2 0.01``, ``1`` (SEC weight), ``1, EMA 0.1``; ``0`` for none."""
     if row.get("norm_penalty_weight"):
         return f"L2 {row['norm_penalty_weight']:g}"
     ema = f", EMA {row['sec_momentum']:g}" if row.get("sec_momentum") is not None else ""
     return f"{row['sec_weight']:g}{ema}"
 
 
-def _by_variant(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+def by_variant(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """variant -> its rows, variants in order of first appearance."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["variant"], []).append(row)
     return groups
 
 
-def _mean_std(values: List[float], digits: int) -> str:
+def mean_std(values: Sequence[float], digits: int) -> str:
+    """``mean ± sample std`` at ``digits`` decimals; one value alone."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _knn_curve(group: List[Dict[str, Any]]) -> Dict[int, List[float]]:
-    """epoch -> the kNN top-1 of every seed that logged it."""
+def _monitor(row: Dict[str, Any]) -> str:
+    return row.get("monitor", "knn_top1")  # rows written before metric learning hold knn_per_epoch only
+
+
+def curve_by_epoch(group: Sequence[Dict[str, Any]]) -> Dict[int, List[float]]:
+    """epoch -> the monitor score (its :attr:`Monitor.curve`) of every row of ``group`` that logged it."""
     curve: Dict[int, List[float]] = {}
     for row in group:
-        for epoch, top1 in row["knn_per_epoch"]:
-            curve.setdefault(int(epoch), []).append(top1)
+        for epoch, value in row[MONITORS[_monitor(row)].curve]:
+            curve.setdefault(int(epoch), []).append(value)
     return curve
 
 
-def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
-    """Write ``study_knn.png`` (kNN top-1 per epoch: mean line, min-max band over seeds) and ``study_norms.png``
-    (projection-norm histograms of each variant's first seed, side by side) into ``output_dir``."""
-    Figure = matplotlib_figure()
-    output_dir = Path(output_dir)
-    paths, groups = [output_dir / "study_knn.png", output_dir / "study_norms.png"], _by_variant(rows)
-    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
-    axes = figure.subplots()
-    for variant, group in groups.items():
-        curve = _knn_curve(group)
+def plot_curves(axes: Any, rows: Sequence[Dict[str, Any]], variants: Optional[Sequence[str]] = None) -> None:
+    """Draw the monitor per epoch of each variant of ``rows`` (all, or ``variants``) on matplotlib ``axes``: the
+    mean over seeds as a line, their min-max as a band."""
+    for variant, group in by_variant(rows).items():
+        if variants is not None and variant not in variants:
+            continue
+        curve = curve_by_epoch(group)
         epochs = sorted(curve)
         (line,) = axes.plot(epochs, [statistics.fmean(curve[e]) for e in epochs], marker="o", label=variant)
         axes.fill_between(epochs, [min(curve[e]) for e in epochs], [max(curve[e]) for e in epochs],
                           color=line.get_color(), alpha=0.2)
-    axes.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy (mean, min-max over seeds)")
+    axes.set(xlabel="epoch", ylabel=MONITORS[_monitor(rows[0])].title)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend()
+
+
+def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
+    """Write the monitor per epoch (``study_knn.png`` or ``study_recall.png``: mean line, min-max band over seeds)
+    and, for SSL studies, ``study_norms.png`` (projection-norm histograms of each variant's first seed, side by
+    side) into ``output_dir``; returns the paths written."""
+    Figure = matplotlib_figure()
+    output_dir = Path(output_dir)
+    title, _, name = MONITORS[_monitor(rows[0])]
+    paths = [output_dir / name]
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    axes = figure.subplots()
+    plot_curves(axes, rows)
+    split = {"val": " on the validation split", "test": " on the test split"}.get(rows[0].get("monitor_split"), "")
+    axes.set_title(f"{title.split(' (')[0]}{split} (mean, min-max over seeds)", fontsize="medium")
     figure.savefig(paths[0], dpi=120)
+    if NORMS_FILE not in scorer(rows[0]["method"]).files:
+        return paths
+    groups = by_variant(rows)
+    paths.append(output_dir / "study_norms.png")
     figure = Figure(figsize=(3.2 * len(groups), 3), layout="constrained")
     for axes, (variant, group) in zip(figure.subplots(1, len(groups), squeeze=False)[0], groups.items()):
         row = group[0]  # run dirs are found under output_dir, so a moved study still plots

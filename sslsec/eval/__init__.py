@@ -6,9 +6,11 @@ from sslsec.eval.features import EvaluationError, check_compatible, extract_feat
 from sslsec.eval.knn import knn_accuracy, knn_on_features
 from sslsec.eval.linear import (LinearClassifier, classification_scores, fit_linear_classifier, linear_probe,
                                 probe_on_features)
-from sslsec.eval.protocol import eval_crop_size, evaluate_backbone, random_backbone
+from sslsec.eval.protocol import (eval_crop_size, evaluate_backbone, random_backbone, retrieval_scores,
+                                  score_retrieval)
 from sslsec.eval.retrieval import retrieval_metrics
 
 __all__ = ["EvaluationError", "LinearClassifier", "check_compatible", "classification_scores", "eval_crop_size",
            "evaluate_backbone", "extract_features", "fit_linear_classifier", "knn_accuracy", "knn_on_features",
-           "linear_probe", "probe_on_features", "random_backbone", "retrieval_metrics"]
+           "linear_probe", "probe_on_features", "random_backbone", "retrieval_metrics", "retrieval_scores",
+           "score_retrieval"]

@@ -1,18 +1,20 @@
-"""The evaluation protocol of a run: the linear probe and kNN with the config's ``eval`` section, beside the
-random-init baseline every SSL number should be read against."""
+"""The evaluation protocol of a run: the linear probe and kNN with the config's ``eval`` section, retrieval on the
+validation and test splits (metric learning), beside the random-init baseline every number should be read against."""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sslsec.eval.features import device_of, extractor
+from sslsec.data import load_splits
+from sslsec.eval.features import device_of, extract_features, extractor
 from sslsec.eval.knn import knn_on_features
 from sslsec.eval.linear import linear_probe
+from sslsec.eval.retrieval import retrieval_metrics
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
@@ -43,6 +45,38 @@ def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: Eval
         result["val_knn_top1"] = knn(val_features)
         result["val_size"] = len(val)
     return {**result, "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature}
+
+
+def retrieval_scores(backbone: nn.Module, splits: Mapping[str, Any], *, accelerator: Optional[Accelerator] = None,
+                     seed: int = 0, crop_size: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """Retrieval of ``backbone``'s embeddings on each split of ``splits`` (name -> data set; None is skipped).
+
+    Per split: ``images``, ``classes``, every :func:`~sslsec.eval.retrieval.retrieval_metrics` score (%, k-means
+    seeded by ``seed``) and the spread of the embedding norms ``||e||`` before normalization, from the same
+    extracted embeddings: ``norm_mean``, ``norm_std`` (sample std) and ``norm_std_over_mean``, the quantity SEC
+    shrinks. A metric-learning backbone is its embedder, so its features are the embeddings.
+    """
+    result = {}
+    for name, dataset in splits.items():
+        if dataset is None:
+            continue
+        embeddings, labels = extract_features(backbone, dataset, accelerator=accelerator, crop_size=crop_size)
+        norms = embeddings.double().norm(dim=1)
+        result[name] = {"images": len(dataset), "classes": dataset.num_classes,
+                        **retrieval_metrics(embeddings, labels, seed=seed), "norm_mean": norms.mean().item(),
+                        "norm_std": norms.std().item(), "norm_std_over_mean": (norms.std() / norms.mean()).item()}
+    return result
+
+
+def score_retrieval(config: Config, backbone: Optional[nn.Module] = None, *,
+                    accelerator: Optional[Accelerator] = None) -> Dict[str, Dict[str, float]]:
+    """``{"val": {...}, "test": {...}}``: :func:`retrieval_scores` of ``backbone`` (random weights of
+    :func:`random_backbone` if None) on the validation (when the config has one) and test splits of ``config``."""
+    train, val, test = load_splits(config)
+    if backbone is None:
+        backbone = random_backbone(config, train.channels)
+    return retrieval_scores(backbone, {"val": val, "test": test}, accelerator=accelerator, seed=config.trainer.seed,
+                            crop_size=eval_crop_size(config))
 
 
 def eval_crop_size(config: Config) -> Optional[int]:

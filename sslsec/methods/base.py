@@ -32,6 +32,9 @@ class Method(nn.Module):
     projection_head: ClassVar[Type[nn.Module]]  # lightly's head: (N, F) -> (N, D)
     n_views: ClassVar[int] = 2  # augmented views of each image per step
     images_per_class: Optional[int] = None  # K of class-balanced P x K batches; None: plain shuffled batches
+    # How a trained backbone is scored: "linear_probe" (linear probe and kNN on the training classes, SSL) or
+    # "retrieval" (Recall@K, MAP@R, NMI of its embeddings on held-out images and classes, metric learning).
+    evaluation: ClassVar[str] = "linear_probe"
 
     def __init__(self, backbone: nn.Module, head: nn.Module, criterion: WithSEC,
                  sec_schedule: str = "constant") -> None:

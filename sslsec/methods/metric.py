@@ -133,6 +133,7 @@ class MetricLearning(Method):
     augment = MetricAugment
     projection_head = NoHead
     n_views = 1
+    evaluation = "retrieval"
 
     def __init__(self, backbone: nn.Module, head: nn.Module, criterion: WithSEC, sec_schedule: str = "constant", *,
                  miner: Optional[nn.Module] = None, images_per_class: int = 3,
