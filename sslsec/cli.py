@@ -182,7 +182,8 @@ def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, 
           + "  ||e|| std/mean")
     for split, scores in result.items():
         print(f"  {split:<6} {scores['images']:>7} {scores['classes']:>7}  "
-              + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS) + f"  {scores['norm_std_over_mean']:.3f}")
+              + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS)
+              + f"  {scores['norm_std_over_mean']:.3f}")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output_dir / 'retrieval.json'}")

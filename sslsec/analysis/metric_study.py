@@ -104,7 +104,8 @@ def _check_table(config_path: Optional[Union[str, Path]], base: Any, losses: Seq
     """Refuse, before any work, a table that cannot be chosen on validation or names an unknown loss or weight."""
     if method_class(base.method).evaluation != "retrieval":
         raise StudyError(f"the metric-learning table scores retrieval; method={base.method} is scored by "
-                         f"{method_class(base.method).evaluation}: use a method: metric config (configs/dml_fmnist.yaml)")
+                         f"{method_class(base.method).evaluation}: use a method: metric config "
+                         "(configs/dml_fmnist.yaml)")
     if base.data.val_size is None and base.data.val_classes is None:
         raise StudyError("the weights are chosen on validation MAP@R, but the config has no validation split: set "
                          "data.val_size (images) or data.val_classes (whole classes)")

@@ -2,10 +2,10 @@
 penalty, over seeds.
 
 Every variant x seed is one training run in ``{output_dir}/{variant}_seed{seed}`` (``trainer.seed=seed``), then
-scored as its method is (:attr:`sslsec.methods.Method.evaluation`, :mod:`sslsec.analysis.scoring`): an SSL backbone by the
-linear probe and kNN and the norm diagnostics of its projections; a metric-learning embedder (``method: metric``)
-by retrieval on the validation and test splits and the norm spread of its test embeddings. All runs share one base
-config (a YAML file, then ``key=value`` overrides); each variant then sets only the loss:
+scored as its method is (:attr:`sslsec.methods.Method.evaluation`, :mod:`sslsec.analysis.scoring`): an SSL
+backbone by the linear probe and kNN and the norm diagnostics of its projections; a metric-learning embedder
+(``method: metric``) by retrieval on the validation and test splits and the norm spread of its test embeddings. All
+runs share one base config (a YAML file, then ``key=value`` overrides); each variant then sets only the loss:
 
 - ``none``: the plain loss, ``loss.sec_weight=0``, ``loss.norm_penalty_weight=0``;
 - ``sec``: SEC with the batch-mean radius, ``loss.sec_weight=W``, ``loss.sec_momentum=null``;
@@ -125,9 +125,9 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
 
     Call it on every process of a distributed launch: all run the same loop, only the main process writes
     study files and logs. Returns one row per run (variant-major), the same on every process: ``variant, seed,
-    run_dir, method, dataset``, the loss settings, the scores of the method's :class:`Scorer`, ``monitor`` (the
-    key its per-epoch monitor logs), ``monitor_split`` and the curve (``knn_per_epoch`` or
-    ``recall_per_epoch``, see :func:`monitor_per_epoch`), ``eval`` and
+    run_dir, method, dataset``, the loss settings, the scores of the method's
+    :class:`~sslsec.analysis.scoring.Scorer`, ``monitor`` (the key its per-epoch monitor logs), ``monitor_split``
+    and the curve (``knn_per_epoch`` or ``recall_per_epoch``, see :func:`monitor_per_epoch`), ``eval`` and
     ``seconds`` (the wall time of the invocation that finished the run).
     """
     variants = list(dict.fromkeys(variants))
@@ -242,9 +242,10 @@ def knn_per_epoch(run_dir: Union[str, Path]) -> List[List[float]]:
 
 
 def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
-    """Markdown: per variant, its loss settings, the scores of the method's :class:`Scorer` (validation, when every
-    row has it, and test) and the norm std/mean, as mean ± std over seeds (sample std; a single seed shows the
-    value alone), then the monitor per epoch (kNN top-1 or Recall@1 on the monitor's split), mean over seeds."""
+    """Markdown: per variant, its loss settings, the scores of the method's :class:`~sslsec.analysis.scoring.Scorer`
+    (validation, when every row has it, and test) and the norm std/mean, as mean ± std over seeds (sample std; a
+    single seed shows the value alone), then the monitor per epoch (kNN top-1 or Recall@1 on the monitor's split),
+    mean over seeds."""
     groups = by_variant(rows)
     first = rows[0]
     scoring = scorer(first["method"])

@@ -1,4 +1,5 @@
-"""The SEC study end to end on a tiny npz data set: runs, table, JSON, PNGs, reuse, resume and its errors."""
+"""The SEC study end to end on tiny npz data sets (SSL, and metric learning on held-out classes): runs, table, JSON,
+PNGs, reuse, resume and its errors."""
 
 import contextlib
 import io
@@ -9,14 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sslsec.cli import study_main
 from sslsec.config import load_config
 from sslsec.config import LossConfig
-from sslsec.analysis.study import (NORMS_FILE, StudyError, paper_sec_weight, run_study, summarize_study,
-                                   variant_overrides)
+from sslsec.analysis.study import (NORMS_FILE, StudyError, monitor_per_epoch, paper_sec_weight, run_study,
+                                   summarize_study, variant_overrides)
+from sslsec.data import load_splits
 from sslsec.engine import pretrain
+from sslsec.eval import extract_features
+from sslsec.runs import load_saved_backbone
 
 ROOT = Path(__file__).parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -201,3 +206,61 @@ def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_
     assert row["variant"] == "sec_ema" and row["sec_momentum"] == 0.1 and row["sec_weight"] == 1.0
     assert process.stdout.count("| sec_ema | 1, EMA 0.1 | constant | 1 |") == 1  # printed once, by the main process
     assert row["knn_per_epoch"] == _knn_rows(tmp_path / "sec_ema_seed0")
+
+
+
+@pytest.mark.slow
+def test_a_metric_study_scores_each_run_by_retrieval_and_plots_validation_recall(metric_overrides, tmp_path):
+    log = []
+    rows = run_study(None, ["none", "sec"], 1, metric_overrides(tmp_path), log=log.append)
+    for row in rows:
+        run_dir = tmp_path / f"{row['variant']}_seed0"
+        logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        monitored = [[r["epoch"], r["recall_at_1"]] for r in logged if "recall_at_1" in r]
+        assert row["monitor"] == "recall_at_1" and row["monitor_split"] == "val"
+        assert row["recall_per_epoch"] == monitored and [epoch for epoch, _ in monitored] == [1, 2]
+        assert row["val_recall_at_1"] == pytest.approx(monitored[-1][1])  # the monitor scored the saved embedder
+        assert "linear_top1" not in row and not (run_dir / NORMS_FILE).exists()
+
+        config = load_config(run_dir / "config.yaml")
+        _, _, test = load_splits(config)
+        embeddings, labels = extract_features(load_saved_backbone(run_dir / "backbone.safetensors"), test,
+                                              progress=False)
+        norms = embeddings.double().norm(dim=1)
+        cosine = F.normalize(embeddings.double(), dim=1) @ F.normalize(embeddings.double(), dim=1).T
+        cosine.fill_diagonal_(-2)
+        assert len(test) == 12 and row["recall_at_1"] == pytest.approx(
+            100 * (labels[cosine.argmax(dim=1)] == labels).double().mean().item())
+        assert row["norm_std_over_mean"] == pytest.approx((norms.std() / norms.mean()).item(), rel=1e-5)
+        assert {"map_at_r", "nmi", "val_map_at_r", "val_nmi"} <= set(row)
+    assert (rows[0]["sec_weight"], rows[1]["sec_weight"]) == (0.0, 1.0)
+
+    table = (tmp_path / "study.md").read_text()
+    assert ("| variant | SEC weight | schedule | seeds | val R@1 | val MAP@R | test R@1 | test MAP@R | test NMI | "
+            "norm std/mean |") in table
+    sec = rows[1]
+    assert (f"| sec | 1 | constant | 1 | {sec['val_recall_at_1']:.2f} | {sec['val_map_at_r']:.2f} | "
+            f"{sec['recall_at_1']:.2f} | {sec['map_at_r']:.2f} | {sec['nmi']:.2f} | {sec['norm_std_over_mean']:.3f} |"
+            ) in table
+    assert "Recall@1 (%) during training" in table and f"| 2 | {rows[0]['recall_per_epoch'][1][1]:.2f} |" in table
+    assert (tmp_path / "study_recall.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "study_knn.png").exists() and not (tmp_path / "study_norms.png").exists()
+
+    again = run_study(None, ["none", "sec"], 1, metric_overrides(tmp_path), log=log.append)
+    assert again == rows and f"reused {tmp_path / 'sec_seed0'} (finished: study_row.json)" in log
+
+
+def test_the_curve_is_whichever_monitor_the_run_logged_and_the_last_row_of_an_epoch_wins(tmp_path):
+    def write(rows):
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    write([{"step": 1, "epoch": 1, "total": 2.0}, {"step": 2, "epoch": 1, "recall_at_1": 50.0, "monitor_split": "val"},
+           {"step": 4, "epoch": 2, "recall_at_1": 60.0, "monitor_split": "val"},
+           {"step": 4, "epoch": 2, "recall_at_1": 61.0, "monitor_split": "val"}])  # epoch 2 again after a resume
+    assert monitor_per_epoch(tmp_path) == {"monitor": "recall_at_1", "monitor_split": "val",
+                                           "recall_per_epoch": [[1, 50.0], [2, 61.0]]}
+    write([{"step": 2, "epoch": 1, "knn_top1": 40.0, "monitor_split": "test"}])
+    assert monitor_per_epoch(tmp_path) == {"monitor": "knn_top1", "monitor_split": "test",
+                                           "knn_per_epoch": [[1, 40.0]]}
+    write([{"step": 1, "epoch": 1, "total": 2.0}])  # eval_every=0: no monitor
+    assert monitor_per_epoch(tmp_path)["knn_per_epoch"] == []

@@ -1,0 +1,96 @@
+"""The metric-learning table: weights chosen on validation MAP@R, the chosen seed-0 runs reused in the table, the
+summary, and the errors raised before any work."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sslsec.analysis.metric_study import run_metric_study, summarize_metric_study
+from sslsec.analysis.study import StudyError
+from sslsec.cli import metric_study_main
+from sslsec.config import ConfigError, load_config
+
+ROOT = Path(__file__).parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(loss, variant, seed, val_map, test_r1, spread, sec_weight=0.0, l2=0.0, seconds=10.0):
+    return {"variant": variant, "seed": seed, "method": "metric", "dataset": "npz", "sec_weight": sec_weight,
+            "sec_momentum": None, "norm_penalty_weight": l2, "sec_schedule": "constant", "val_map_at_r": val_map,
+            "recall_at_1": test_r1, "map_at_r": test_r1 / 2, "nmi": 50.0, "norm_std_over_mean": spread,
+            "seconds": seconds}
+
+
+@pytest.mark.slow
+def test_the_table_takes_the_weight_of_best_validation_map_and_reuses_its_seed0_run(metric_overrides, tmp_path):
+    weights = {"sec": (0.1, 1.0), "l2": (0.01,)}
+    log = []
+    results = run_metric_study(None, ["triplet"], 2, metric_overrides(tmp_path), weights=weights,
+                               log=log.append)
+    result = results["triplet"]
+    choice = {(row["variant"], row["norm_penalty_weight"] or row["sec_weight"]): row for row in result["choice"]}
+    assert set(choice) == {("sec", 0.1), ("sec", 1.0), ("l2", 0.01)}
+    best_sec = max((0.1, 1.0), key=lambda w: (choice[("sec", w)]["val_map_at_r"], -w))  # first wins a tie
+    assert result["weights"] == {"sec": best_sec, "l2": 0.01}
+
+    loss_dir = tmp_path / "triplet"
+    rows = {(row["variant"], row["seed"]): row for row in result["rows"]}
+    assert set(rows) == {(variant, seed) for variant in ("none", "l2", "sec") for seed in (0, 1)}
+    assert rows[("sec", 0)] == choice[("sec", best_sec)]  # the choice run itself, not trained again
+    assert (loss_dir / "sec_seed0").resolve() == (loss_dir / "choice" / f"sec_{best_sec:g}" / "sec_seed0").resolve()
+    assert sum(line.startswith("training") for line in log) == 3 + 4  # 3 weights, then 2 x none + l2 + sec seed 1
+    trained = load_config(loss_dir / "sec_seed1" / "config.yaml")
+    assert (trained.metric.loss, trained.loss.sec_weight, trained.loss.norm_penalty_weight) == ("triplet", best_sec, 0)
+
+    saved = json.loads((tmp_path / "metric_study.json").read_text())
+    assert saved["triplet"]["weights"] == result["weights"]
+    table = (tmp_path / "metric_study.md").read_text()
+    assert "| loss | sec 0.1 | sec 1 | l2 0.01 | chosen |" in table
+    assert f"| triplet | none | 0 | {rows[('none', 0)]['recall_at_1']:.2f} ± " in table
+    assert (tmp_path / "metric_study_recall.png").read_bytes()[:8] == PNG
+
+    log.clear()
+    assert run_metric_study(None, ["triplet"], 2, metric_overrides(tmp_path), weights=weights,
+                            log=log.append) == json.loads(json.dumps(results))
+    assert not any(line.startswith("training") for line in log)
+
+
+def test_the_summary_shows_every_candidate_weight_and_mean_std_over_seeds():
+    results = {"npair": {
+        "weights": {"sec": 1.0, "l2": 0.001},
+        "choice": [_row("npair", "sec", 0, 40.0, 80.0, 0.02, sec_weight=0.1),
+                   _row("npair", "sec", 0, 42.5, 81.0, 0.01, sec_weight=1.0),
+                   _row("npair", "l2", 0, 39.0, 79.0, 0.05, l2=0.001)],
+        "rows": [_row("npair", "none", 0, 38.0, 78.0, 0.10), _row("npair", "none", 1, 40.0, 82.0, 0.20),
+                 _row("npair", "sec", 0, 42.5, 81.0, 0.01, sec_weight=1.0),
+                 _row("npair", "sec", 1, 44.5, 83.0, 0.03, sec_weight=1.0)]}}
+    table = summarize_metric_study(results)
+    assert "| npair | 40.00 | 42.50 | 39.00 | sec 1, l2 0.001 |" in table
+    # test R@1, test MAP@R, test NMI, val MAP@R, norm std/mean
+    assert "| none | 0 | 80.00 ± 2.83 | 40.00 ± 1.41 | 50.00 ± 0.00 | 39.00 ± 1.41 | 0.150 ± 0.071 |" in table
+    assert "| sec | 1 | 82.00 ± 1.41 | 41.00 ± 0.71 | 50.00 ± 0.00 | 43.50 ± 1.41 | 0.020 ± 0.014 |" in table
+    assert "7 runs, 10 ± 0 s per run" in table
+
+
+def test_a_table_that_cannot_be_chosen_on_validation_is_refused_before_any_work(metric_overrides, tmp_path):
+    study = tmp_path / "study"
+    with pytest.raises(StudyError, match="scores retrieval; method=simclr"):
+        run_metric_study(ROOT / "configs" / "simclr_fmnist.yaml", ["triplet"], 1, [f"output_dir={study}"])
+    no_val = [*metric_overrides(study), "data.val_classes=null"]
+    with pytest.raises(StudyError, match="no validation split: set data.val_size"):
+        run_metric_study(None, ["triplet"], 1, no_val)
+    with pytest.raises(ConfigError, match="metric.loss"):
+        run_metric_study(None, ["triplet", "tripplet"], 1, metric_overrides(study))
+    with pytest.raises(StudyError, match="weights of sec and l2 only"):
+        run_metric_study(None, ["triplet"], 1, metric_overrides(study), weights={"sec_ema": (1.0,)})
+    assert not study.exists()
+
+
+def test_the_command_line_refuses_weights_that_are_not_numbers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        metric_study_main(["--config", str(ROOT / "configs" / "dml_fmnist.yaml"), "--sec-weights", "0.1,big",
+                           f"output_dir={tmp_path / 'study'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "sslsec-metric-study: error: --sec-weights takes comma-separated numbers" in err
