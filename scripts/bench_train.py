@@ -35,16 +35,18 @@ from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
 from sslsec.methods import build_augment, build_method, view_size
 
 
-def lightly_transform(config, dataset, crop_scale):
-    """lightly's SimCLRTransform with the config's recipe (colour ops off for grayscale, as sslsec does)."""
+def lightly_transform(config, dataset, augment):
+    """lightly's SimCLRTransform with the recipe of sslsec's ``augment`` (colour ops off for grayscale, as sslsec
+    does)."""
     from lightly.transforms import SimCLRTransform
 
     recipe, color = config.augment, dataset.channels == 3
     return SimCLRTransform(
-        input_size=view_size(config, dataset), cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
-        cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0, cj_hue=recipe.hue if color else 0.0,
-        min_scale=crop_scale[0], random_gray_scale=recipe.grayscale_prob if color else 0.0,
-        gaussian_blur=recipe.blur_prob or 0.0, hf_prob=recipe.hflip_prob,
+        input_size=view_size(config, dataset), cj_prob=augment.jitter_prob, cj_strength=1.0,
+        cj_bright=recipe.brightness, cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0,
+        cj_hue=recipe.hue if color else 0.0, min_scale=augment.crop_scale[0],
+        random_gray_scale=augment.grayscale_prob if color else 0.0, gaussian_blur=augment.blur_prob,
+        hf_prob=recipe.hflip_prob,
         normalize={"mean": list(dataset.mean), "std": list(dataset.std)},
     )
 
@@ -91,7 +93,7 @@ def main() -> None:
     premade = [views(images) for images in batches]
     watch = NonFiniteWatch(accelerator)
     lightly_loader = torch.utils.data.DataLoader(
-        PILImages(dataset.images, lightly_transform(config, dataset, views.augment.crop_scale)),
+        PILImages(dataset.images, lightly_transform(config, dataset, views.augment)),
         batch_size=batch_size, shuffle=True,
         num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
         pin_memory=device.type == "cuda")

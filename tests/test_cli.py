@@ -100,7 +100,8 @@ def test_overrides_go_before_or_after_the_flags(run_dir):
 
 def test_console_scripts_are_named_sslsec_and_scripts_only_call_them():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"sslsec-pretrain", "sslsec-linear-probe", "sslsec-diagnose", "sslsec-study"}
+    assert set(scripts) == {"sslsec-pretrain", "sslsec-linear-probe", "sslsec-diagnose", "sslsec-study",
+                            "sslsec-retrieval"}
     for path in (REPO / "scripts").glob("*.py"):
         if path.name.startswith("bench_"):  # benchmarks are scripts, not entry points
             continue

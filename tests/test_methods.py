@@ -76,9 +76,12 @@ def test_simclr_embeds_both_views_in_one_batch_norm_pass():
 
 
 def test_the_registry_ties_each_name_to_its_views_and_head():
-    assert list(METHODS) == ["simclr", "moco"]
-    assert (METHODS["simclr"].augment, METHODS["moco"].augment) == (SimCLRAugment, MoCoV2Augment)
-    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco"):
+    from sslsec.augment import MetricAugment
+
+    assert list(METHODS) == ["simclr", "moco", "metric"]
+    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, MetricAugment]
+    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 1]
+    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, metric"):
         build_projection_head("byol", 8)
 
 
