@@ -1,6 +1,6 @@
 """Training throughput of one config: the model alone, the sslsec step, and a lightly-style loop.
 
-(a) model only: the config's method (backbone, head, SECInfoNCE) on resident, pre-made views: forward,
+(a) model only: the config's method (backbone, head, WithSEC(NTXentLoss)) on resident, pre-made views: forward,
     backward, optimizer step. The ceiling of what any data path can reach.
 (b) sslsec: the trainer's own step on uint8 batches held on the device: the method's ``before_step`` hook,
     views made by kornia (``MultiView`` of the config's ``augment`` recipe), then

@@ -103,7 +103,11 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
                                 "backbone.", "eval.probe_epochs=10 data.train_limit=5000", "linear_probe.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        _probe(*_probe_target(args))
+        target = _probe_target(args)
+        if _classes_unseen_in_training(target[0]):
+            raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
+                              "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
+        _probe(*target)
 
 
 def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
@@ -166,8 +170,14 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
         "data.test_classes=[5,6,7,8,9]", "retrieval.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        config, backbone, output_dir, label = _probe_target(args)
-        result = score_retrieval(config, backbone)
+        _retrieval(*_probe_target(args))
+
+
+def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str) -> None:
+    """Retrieval scores of ``backbone`` (random init if None); print the table and write ``retrieval.json``."""
+    result = score_retrieval(config, backbone)
+    if not PartialState().is_main_process:
+        return
     print(f"{label}: retrieval by cosine similarity, each image against the others of its split")
     print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS))
     for split, scores in result.items():
@@ -176,6 +186,11 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output_dir / 'retrieval.json'}")
+
+
+def _classes_unseen_in_training(config: Config) -> bool:
+    """The test split holds other classes than the training split (metric learning): retrieval, not a probe."""
+    return config.data.test_classes is not None and config.data.test_classes != config.data.train_classes
 
 
 def score_retrieval(config: Config, backbone: Optional[nn.Module]) -> dict:
@@ -218,19 +233,21 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
-    """``sslsec-pretrain``: SimCLR / MoCo pretraining with SEC; ``--probe`` adds the linear probe."""
-    parser = _parser("sslsec-pretrain", "Contrastive pretraining (SimCLR or MoCo v2) with the Spherical Embedding "
-                     "Constraint. Run it with python, or with accelerate launch / torchrun for several processes.",
-                     "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
+    """``sslsec-pretrain``: SimCLR / MoCo pretraining or metric learning with SEC; ``--probe`` evaluates the result."""
+    parser = _parser("sslsec-pretrain", "Contrastive pretraining (SimCLR or MoCo v2) or deep metric learning with the "
+                     "Spherical Embedding Constraint. Run it with python, or with accelerate launch / torchrun for "
+                     "several processes.", "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
-    parser.add_argument("--probe", action="store_true", help="run the linear probe and kNN on the result")
+    parser.add_argument("--probe", action="store_true", help="evaluate the result: the linear probe and kNN, or "
+                        "retrieval (sslsec-retrieval) where the test classes are not the training classes")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
         config = load_config(args.config, args.overrides)
         run_dir = pretrain(config)
         if args.probe and RunPaths(run_dir).finished():
             config, backbone = load_run(run_dir)
-            _probe(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
+            evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
+            evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
     PartialState().destroy_process_group()
 
 

@@ -128,6 +128,17 @@ def test_a_metric_run_monitors_retrieval_and_the_retrieval_command_scores_it(six
     assert (run / "random_init" / "retrieval.json").is_file()
 
 
+def test_a_linear_probe_of_classes_unseen_in_training_is_refused_with_the_tool_to_use(six_classes, tmp_path, capsys):
+    from sslsec.cli import linear_probe_main
+
+    config = tmp_path / "config.yaml"
+    from sslsec.config import save_config
+    save_config(load_config(None, _overrides(six_classes, tmp_path / "run")), config)
+    with pytest.raises(SystemExit) as exit_info:
+        linear_probe_main(["--random-init", "--config", str(config)])
+    assert exit_info.value.code == 2 and "use sslsec-retrieval" in capsys.readouterr().err
+
+
 def test_the_cub200_recipe_trains_from_imagenet_weights_on_a_cub_fixture(tmp_path, monkeypatch):
     """configs/dml_cub200.yaml shrunk to a CUB fixture: folder data, P x K batches, pretrained trunk, retrieval."""
     write_cub200(tmp_path / "data")

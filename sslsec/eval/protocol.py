@@ -53,7 +53,7 @@ def eval_crop_size(config: Config) -> Optional[int]:
 def random_backbone(config: Config, in_channels: int) -> nn.Module:
     """The untrained backbone a run of ``config`` saves (metric learning: with its embedding layer), initialized from
     ``trainer.seed``: the baseline for every number of a trained one."""
-    from sslsec.methods import method_class  # here: the methods import this package's monitors
+    from sslsec.methods import method_class  # here: the methods import this package (their monitors)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.trainer.seed)

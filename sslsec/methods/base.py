@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from sslsec.augment import ContrastiveAugment
 from sslsec.losses import SECLossOutput, WithSEC, contrastive_loss, scheduled_weight
+from sslsec.eval.knn import knn_accuracy
+from sslsec.eval.protocol import eval_crop_size
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
@@ -55,9 +57,6 @@ class Method(nn.Module):
     @torch.no_grad()
     def monitor(self, train: Any, split: Any, config: Config, accelerator: Any) -> Dict[str, float]:
         """The score logged during training: weighted kNN top-1 (%) of ``split`` against ``train``."""
-        from sslsec.eval.knn import knn_accuracy
-        from sslsec.eval.protocol import eval_crop_size
-
         return {"knn_top1": knn_accuracy(self.backbone, train, split, k=config.eval.knn_k,
                                          temperature=config.eval.knn_temperature, accelerator=accelerator,
                                          crop_size=eval_crop_size(config))}

@@ -17,6 +17,9 @@ from pytorch_metric_learning import distances, losses, miners, reducers
 from torch import Tensor, nn
 
 from sslsec.augment import MetricAugment
+from sslsec.eval.features import extract_features
+from sslsec.eval.protocol import eval_crop_size
+from sslsec.eval.retrieval import retrieval_metrics
 from sslsec.losses import SECLossOutput, WithSEC
 from sslsec.methods.base import Method
 
@@ -153,10 +156,6 @@ class MetricLearning(Method):
     @torch.no_grad()
     def monitor(self, train: Any, split: Any, config: Config, accelerator: Any) -> Dict[str, float]:
         """Retrieval on ``split`` (validation): Recall@1 and MAP@R (%), each image queried against the others."""
-        from sslsec.eval.features import extract_features
-        from sslsec.eval.protocol import eval_crop_size
-        from sslsec.eval.retrieval import retrieval_metrics
-
         embeddings, labels = extract_features(self.backbone, split, accelerator=accelerator,
                                               crop_size=eval_crop_size(config))
         scores = retrieval_metrics(embeddings, labels, ks=(1,), nmi=False)
