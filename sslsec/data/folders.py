@@ -48,7 +48,7 @@ def load_cub200(root: str | os.PathLike, split: str = "train", image_size: int =
             raise DatasetError(f"{base / 'image_class_labels.txt'} gives image {image_id} ({relative}) no class of "
                                f"classes.txt (got {class_of_image.get(image_id)!r}); re-extract CUB_200_2011.tgz")
         samples.append((str(base / "images" / relative), label_of_class[class_of_image[image_id]]))
-    _check_files(samples, f"{base / 'images.txt'}", CUB200_SOURCE)
+    _check_files(samples, str(base / "images.txt"), CUB200_SOURCE)
     return ImageFolderDataset.from_samples(samples, classes, root=base, split=split, image_size=image_size,
                                            name="cub200")
 
@@ -70,7 +70,8 @@ def load_cars196(root: str | os.PathLike, split: str = "train", image_size: int 
             samples += [(path, int(label)) for path, label in reader._samples]
         classes = [str(name) for name in reader.classes]
     except (RuntimeError, OSError, ValueError, KeyError, TypeError, IndexError, MatReadError) as err:
-        raise DatasetError(f"cannot read the cars196 annotations under {base} ({type(err).__name__}: {err}); "
+        raise DatasetError(f"cannot read the cars196 annotations under {base} ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())}); "
                            f"expected {CARS196_LAYOUT}; {CARS196_SOURCE}") from None
     bad = sorted({label for _, label in samples if not 0 <= label < len(classes)})
     if bad:
