@@ -88,7 +88,7 @@ def test_help_lists_every_config_section_and_key_with_its_default(main, capsys):
     assert exit_info.value.code == 0 and out.startswith("usage: sslsec-")
     for section in ("data", "model", "loss", "augment", "moco", "optim", "trainer", "eval"):
         assert f"  {section}:  " in out
-    assert "sec_weight=0.0" in out and "mixed_precision=no" in out and "seed=0" in out
+    assert "sec_weight=0.0" in out and "mixed_precision=auto" in out and "seed=0" in out
     assert "--seed " not in out and "--sec-weight" not in out  # config keys are key=value, never flags
 
 
