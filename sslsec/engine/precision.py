@@ -34,8 +34,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_has_bf16() -> bool:
-    """Whether the current CUDA device computes bf16 (compute capability 8.0 and later)."""
-    return bool(torch.cuda.is_bf16_supported())
+    """Whether the current CUDA device computes bf16 natively (compute capability 8.0 and later; ROCm)."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))  # emulated bf16 would be slow
 
 
 def resolve_precision(requested: str, device: Union[torch.device, str]) -> Tuple[str, str]:

@@ -42,16 +42,22 @@ def test_auto_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, nativ
     assert ("natively" in reason) == native and ("emulated" in reason) == (not native)
 
 
-@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp16")])
-def test_auto_on_cuda_is_bf16_where_supported_else_fp16(monkeypatch, supported, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+def _gpu(native, emulated):
+    """torch.cuda.is_bf16_supported of a GPU that computes bf16 (Ampere on), or only emulates it (before)."""
+    return lambda including_emulation=True: native or (emulated and including_emulation)
+
+
+@pytest.mark.parametrize("native, emulated, expected", [(True, True, "bf16"), (False, True, "fp16"),
+                                                        (False, False, "fp16")])
+def test_auto_on_cuda_is_bf16_where_computed_natively_else_fp16(monkeypatch, native, emulated, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _gpu(native, emulated))
     assert resolve_precision("auto", torch.device("cuda", 1))[0] == expected
     assert resolve_precision("auto", "cuda")[0] == expected
 
 
 @pytest.mark.parametrize("requested", ["no", "bf16", "fp16"])
 def test_an_explicit_precision_on_cuda_is_kept(monkeypatch, requested):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _gpu(False, False))
     assert resolve_precision(requested, "cuda") == (requested, f"trainer.mixed_precision={requested}")
 
 
@@ -79,7 +85,7 @@ def test_fp16_on_a_cpu_is_one_config_error():
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
 def test_make_accelerator_resolves_auto_against_the_cpu_it_uses(monkeypatch, native, expected):
     _cpu_bf16(monkeypatch, native)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a GPU would say fp16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _gpu(False, False))  # a GPU would say fp16
     accelerator = make_accelerator(mixed_precision="auto", cpu=True)
     assert accelerator.device.type == "cpu" and accelerator.mixed_precision == expected
     assert accelerator.precision_reason == resolve_precision("auto", "cpu")[1]
