@@ -31,6 +31,7 @@ from sslsec.augment import MultiView
 from sslsec.config import load_config
 from sslsec.data import BatchLoader, load_split
 from sslsec.engine.accelerator import make_accelerator
+from sslsec.engine.precision import cpu_description
 from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
 from sslsec.methods import build_augment, build_method, view_size
 
@@ -126,9 +127,10 @@ def main() -> None:
     medians = [statistics.median(measured) for measured in speeds]
 
     print(f"{args.config}: {config.method}, {config.model.backbone}, batch {batch_size}, "
-          f"{config.trainer.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
+          f"{accelerator.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
           f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats, "
           f"torch {torch.__version__}")
+    print(f"CPU: {cpu_description()}; precision: {accelerator.precision_reason}")
     for name, median, measured in zip(names, medians, speeds):
         print(f"{name:<50}: {median:7.0f} img/s [{', '.join(f'{v:.0f}' for v in measured)}]")
     print(f"step time of (b) over (a): {medians[0] / medians[1]:.2f}x   (the data path's cost)")

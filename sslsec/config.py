@@ -33,7 +33,7 @@ from sslsec.methods.metric import METRIC_LOSSES
 from sslsec.models import BACKBONES, IMAGENET_WEIGHTS
 
 OPTIMIZERS = ("sgd", "lars", "adam")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOCO_BATCH_NORMS = ("shuffle", "sync", "none")
 
 
@@ -137,7 +137,7 @@ class OptimConfig:
 class TrainerConfig:
     epochs: int = 200
     batch_size: int = 512  # global batch, split over processes
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"  # bf16 where the CPU or GPU computes it, else fp32 (CPU) or fp16 (GPU)
     channels_last: bool = True  # conv backbones: NHWC memory layout (faster under bf16 on CPUs and GPUs)
     compile: bool = False  # torch.compile the model (pays on GPUs; no gain on CPUs)
     gradient_accumulation_steps: int = 1

@@ -187,6 +187,7 @@ def write_run(run_dir, data_root, in_channels=1, backbone=True, method="simclr")
     config.data.name, config.data.root = "npz", str(data_root)
     config.model.backbone, config.model.projection_hidden_dim, config.model.projection_dim = "small_cnn", 64, 16
     config.eval.probe_epochs, config.eval.knn_k = 20, 20
+    config.trainer.mixed_precision = "no"  # fp32 on any machine
     save_config(config, run_dir / "config.yaml")
     model = small_cnn(in_channels)
     if backbone:

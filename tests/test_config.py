@@ -49,7 +49,7 @@ def test_values_are_typed_by_the_schema_not_by_yaml(tmp_path):
         ("method=byol", "method must be one of simclr, moco"),
         ("loss.sec_weight=-1", "loss.sec_weight must be >= 0"),
         ("loss.sec_momentum=2", "loss.sec_momentum must be null or in (0, 1]"),
-        ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of no, bf16, fp16"),
+        ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of auto, no, bf16, fp16"),
         ("data=cifar10", "data must be a mapping"),
         ("trainer.epochs=null", "trainer.epochs must be set (expected int)"),
         ("augment.crop_scale=[0.5, 0.2]", "augment.crop_scale must be [low, high] with 0 < low <= high"),

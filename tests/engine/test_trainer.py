@@ -22,6 +22,7 @@ def _overrides(npz_root, output_dir, *extra):
         "model.projection_hidden_dim=64", "model.projection_dim=32", "moco.queue_size=64",
         "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=1",
         "trainer.checkpoint_every=1", "optim.warmup_epochs=0", "eval.knn_k=10",
+        "trainer.mixed_precision=no",  # fp32 on any machine; auto and bf16 are tests/engine/test_precision.py's
         f"output_dir={output_dir}", *extra,
     ]
 
