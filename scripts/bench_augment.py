@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from sslsec.augment import MultiView, SimCLRAugment
+from sslsec.engine.precision import cpu_description
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -103,6 +104,7 @@ def main() -> None:
     a, b = statistics.median(ours), statistics.median(baseline)
     print(f"size {args.size}px, batch {args.batch_size}, {args.batches} batches x {args.repeats} repeats, "
           f"{args.workers} workers/threads, device {device}, torch {torch.__version__}")
+    print(f"CPU: {cpu_description()}")
     print(f"(a) sslsec MultiView(SimCLRAugment), uint8 in memory : {a:9.0f} images/s (2 views) "
           f"[{', '.join(f'{v:.0f}' for v in ours)}]")
     print(f"(b) lightly SimCLRTransform + DataLoader              : {b:9.0f} images/s (2 views) "

@@ -31,20 +31,23 @@ from sslsec.augment import MultiView
 from sslsec.config import load_config
 from sslsec.data import BatchLoader, load_split
 from sslsec.engine.accelerator import make_accelerator
+from sslsec.engine.precision import cpu_description
 from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
 from sslsec.methods import build_augment, build_method, view_size
 
 
-def lightly_transform(config, dataset, crop_scale):
-    """lightly's SimCLRTransform with the config's recipe (colour ops off for grayscale, as sslsec does)."""
+def lightly_transform(config, dataset, augment):
+    """lightly's SimCLRTransform with the recipe of sslsec's ``augment`` (colour ops off for grayscale, as sslsec
+    does)."""
     from lightly.transforms import SimCLRTransform
 
     recipe, color = config.augment, dataset.channels == 3
     return SimCLRTransform(
-        input_size=view_size(config, dataset), cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
-        cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0, cj_hue=recipe.hue if color else 0.0,
-        min_scale=crop_scale[0], random_gray_scale=recipe.grayscale_prob if color else 0.0,
-        gaussian_blur=recipe.blur_prob or 0.0, hf_prob=recipe.hflip_prob,
+        input_size=view_size(config, dataset), cj_prob=augment.jitter_prob, cj_strength=1.0,
+        cj_bright=recipe.brightness, cj_contrast=recipe.contrast, cj_sat=recipe.saturation if color else 0.0,
+        cj_hue=recipe.hue if color else 0.0, min_scale=augment.crop_scale[0],
+        random_gray_scale=augment.grayscale_prob if color else 0.0, gaussian_blur=augment.blur_prob,
+        hf_prob=recipe.hflip_prob,
         normalize={"mean": list(dataset.mean), "std": list(dataset.std)},
     )
 
@@ -91,7 +94,7 @@ def main() -> None:
     premade = [views(images) for images in batches]
     watch = NonFiniteWatch(accelerator)
     lightly_loader = torch.utils.data.DataLoader(
-        PILImages(dataset.images, lightly_transform(config, dataset, views.augment.crop_scale)),
+        PILImages(dataset.images, lightly_transform(config, dataset, views.augment)),
         batch_size=batch_size, shuffle=True,
         num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
         pin_memory=device.type == "cuda")
@@ -124,9 +127,10 @@ def main() -> None:
     medians = [statistics.median(measured) for measured in speeds]
 
     print(f"{args.config}: {config.method}, {config.model.backbone}, batch {batch_size}, "
-          f"{config.trainer.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
+          f"{accelerator.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
           f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats, "
           f"torch {torch.__version__}")
+    print(f"CPU: {cpu_description()}; precision: {accelerator.precision_reason}")
     for name, median, measured in zip(names, medians, speeds):
         print(f"{name:<50}: {median:7.0f} img/s [{', '.join(f'{v:.0f}' for v in measured)}]")
     print(f"step time of (b) over (a): {medians[0] / medians[1]:.2f}x   (the data path's cost)")

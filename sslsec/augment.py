@@ -186,7 +186,9 @@ class ContrastiveAugment(AugmentPipeline):
         if blur_prob > 0:
             transforms.append(K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob))
         super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
-        self.crop_scale = tuple(crop_scale)
+        # The recipe in force (the presets' defaults resolved), for whoever rebuilds it elsewhere (bench_train.py).
+        self.crop_scale, self.jitter_prob, self.grayscale_prob = tuple(crop_scale), jitter_prob, grayscale_prob
+        self.blur_prob = blur_prob
 
 
 class SimCLRAugment(ContrastiveAugment):

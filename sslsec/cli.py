@@ -27,9 +27,11 @@ from sslsec.config import Config, ConfigError, config_keys, load_config
 from sslsec.data import DatasetError, load_splits
 from sslsec.engine import TrainingError, make_accelerator, pretrain
 from sslsec.eval import EvaluationError, eval_crop_size, evaluate_backbone, random_backbone, score_retrieval
+from sslsec.models import PretrainedWeightsError
 from sslsec.runs import RunError, RunPaths, load_run, load_saved_backbone
 
-USER_ERRORS = (ConfigError, DatasetError, EvaluationError, RunError, TrainingError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, EvaluationError, PretrainedWeightsError, RunError, TrainingError,
+               FileNotFoundError)
 
 
 @contextlib.contextmanager

@@ -30,10 +30,10 @@ from sslsec.eval.linear import PROBE_SCHEDULES
 from sslsec.losses import CONTRASTIVE_LOSSES, SEC_SCHEDULES
 from sslsec.methods import METHODS
 from sslsec.methods.metric import METRIC_LOSSES
-from sslsec.models import BACKBONES
+from sslsec.models import BACKBONES, IMAGENET_WEIGHTS
 
 OPTIMIZERS = ("sgd", "lars", "adam")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOCO_BATCH_NORMS = ("shuffle", "sync", "none")
 
 
@@ -46,7 +46,7 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: Optional[str] = None  # None: the data set's default location (Fashion-MNIST: the apt package)
     download: bool = False  # CIFAR only: let torchvision download the archive
-    image_size: Optional[int] = None  # folder data sets: decoded size; None keeps 224
+    image_size: Optional[int] = None  # JPEG data sets: decoded size; None: 224 (imagenet_folder), 256 (cub200, cars196)
     crop_size: Optional[int] = None  # augmented view size; None: the stored image size
     class_list: Optional[str] = None  # folder data sets: file with the classes to keep
     val_size: Optional[int] = None  # class-balanced validation images carved from the training split (fixed seed)
@@ -69,6 +69,7 @@ class ModelConfig:
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes (SyncBN; SimCLR's and the SEC authors' choice)
     embedding_dim: int = 512  # metric learning: the linear embedding layer on the backbone (the SEC authors' 512)
     embedding_batchnorm: bool = False  # metric learning: BatchNorm before the embedding layer (the authors' head)
+    pretrained: bool = False  # ResNets: start from torchvision's ImageNet weights (IMAGENET1K_V1); cifar_stem false
 
 
 @dataclass
@@ -136,7 +137,7 @@ class OptimConfig:
 class TrainerConfig:
     epochs: int = 200
     batch_size: int = 512  # global batch, split over processes
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"  # bf16 where the CPU or GPU computes it, else fp32 (CPU) or fp16 (GPU)
     channels_last: bool = True  # conv backbones: NHWC memory layout (faster under bf16 on CPUs and GPUs)
     compile: bool = False  # torch.compile the model (pays on GPUs; no gain on CPUs)
     gradient_accumulation_steps: int = 1
@@ -375,6 +376,7 @@ def validate(config: Config) -> None:
     if config.loss.sec_momentum is not None and not 0 < config.loss.sec_momentum <= 1:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
     _check_classes(config.data)
+    _check_pretrained(config.model)
     _choice("metric.loss", config.metric.loss, METRIC_LOSSES)
     _positive("metric.margin", config.metric.margin, allow_zero=True)
     if config.metric.margin is not None and METRIC_LOSSES[config.metric.loss] is None:
@@ -398,6 +400,15 @@ def _check_contrastive(config: Config) -> None:
     if config.loss.contrastive != "ntxent" and METHODS[config.method].memory_bank_size(config):
         raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
                           f"method={config.method} needs; use loss.contrastive=ntxent")
+
+
+def _check_pretrained(model: ModelConfig) -> None:
+    if model.pretrained and model.backbone not in IMAGENET_WEIGHTS:
+        raise ConfigError(f"model.pretrained=true needs ImageNet weights, which {model.backbone} has not; use "
+                          f"model.backbone={' or '.join(IMAGENET_WEIGHTS)}, or model.pretrained=false")
+    if model.pretrained and model.cifar_stem:
+        raise ConfigError("model.pretrained=true loads ImageNet weights into torchvision's 7x7 stem; set "
+                          "model.cifar_stem=false")
 
 
 def _check_augment(augment: AugmentConfig) -> None:

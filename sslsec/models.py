@@ -2,13 +2,15 @@
 
 A backbone maps normalized images (N, C, H, W) to features (N, F) and exposes
 ``feature_dim``. ResNets keep torchvision's module names (``fc`` is an ``nn.Identity``),
-so a saved backbone loads into a plain ``torchvision.models.resnet18()``.
+so a saved backbone loads into a plain ``torchvision.models.resnet18()``, and can start from torchvision's
+ImageNet weights (``pretrained``, :data:`IMAGENET_WEIGHTS`), as metric learning does.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -19,6 +21,13 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 BACKBONES = ("resnet18", "resnet50", "small_cnn")  # the one list of backbone names (config reads it)
+# torchvision's original ImageNet-1k weights (top-1 69.8 / 76.1 %), the usual start of metric learning with ResNets;
+# not ResNet50's IMAGENET1K_V2 (80.9 %, trained with a heavier recipe)
+IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """ImageNet weights were asked for (``model.pretrained``) but cannot be loaded, or do not fit the backbone."""
 
 
 class SmallCNN(nn.Module):
@@ -71,7 +80,7 @@ class Embedder(nn.Module):
 
 def build_backbone(
     name: str = "resnet18", in_channels: int = 3, cifar_stem: bool = False,
-    embedding_dim: Optional[int] = None, embedding_batchnorm: bool = False,
+    embedding_dim: Optional[int] = None, embedding_batchnorm: bool = False, pretrained: bool = False,
 ) -> nn.Module:
     """A backbone without its classifier; ``backbone.feature_dim`` is its output width.
 
@@ -82,17 +91,30 @@ def build_backbone(
             stem for 32 px images (SimCLR appendix B.9).
         embedding_dim: metric learning: an :class:`Embedder` with a linear embedding layer of this width on top
             (``embedding_batchnorm``: a BatchNorm before it, as the SEC authors' head).
+        pretrained: ResNets with torchvision's stem and 3 channels: start from the ImageNet weights
+            (:func:`imagenet_state_dict`); the embedding layer stays randomly initialized. Not part of a saved
+            backbone's spec: a saved file holds its trained weights, and rebuilding it downloads nothing.
+
+    Raises:
+        PretrainedWeightsError: ``pretrained`` for a backbone the weights do not fit, or they cannot be loaded.
     """
     if embedding_dim is not None:
-        return Embedder(build_backbone(name, in_channels, cifar_stem), embedding_dim, embedding_batchnorm)
+        trunk = build_backbone(name, in_channels, cifar_stem, pretrained=pretrained)
+        return Embedder(trunk, embedding_dim, embedding_batchnorm)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if pretrained and (name not in IMAGENET_WEIGHTS or in_channels != 3 or cifar_stem):
+        raise PretrainedWeightsError(
+            f"model.pretrained loads ImageNet weights into {', '.join(IMAGENET_WEIGHTS)} with torchvision's stem "
+            f"and RGB images; got backbone {name}, {in_channels} channel(s), cifar_stem={cifar_stem}")
     if name == "small_cnn":
         return SmallCNN(in_channels)
 
     resnet = getattr(torchvision.models, name)()
+    if pretrained:
+        resnet.load_state_dict(imagenet_state_dict(name))
     if cifar_stem:
         resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         resnet.maxpool = nn.Identity()
@@ -101,6 +123,26 @@ def build_backbone(
     resnet.feature_dim = resnet.fc.in_features
     resnet.fc = nn.Identity()
     return resnet
+
+
+def imagenet_state_dict(name: str) -> Dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of ResNet ``name`` (:data:`IMAGENET_WEIGHTS`, classifier included), read
+    from torch.hub's cache (``torch.hub.get_dir()/checkpoints``) or downloaded into it, hash checked.
+
+    Raises:
+        PretrainedWeightsError: no network and no cached file (or a corrupt one); the message names the file, its
+            URL and the folder to place it in by hand.
+    """
+    weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # URLError is an OSError
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise PretrainedWeightsError(
+            f"cannot load the ImageNet weights {IMAGENET_WEIGHTS[name]} for model.pretrained "
+            f"({type(error).__name__}: {' '.join(str(error).split())}); without network, download {weights.url} "
+            f"elsewhere and place it as {cached} (torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), "
+            "replacing any corrupt file there, or set model.pretrained=false") from None
 
 
 def save_module(module: nn.Module, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> None:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from tests.fixtures import write_run, write_template_npz
 
@@ -21,3 +22,11 @@ def npz_root(tmp_path_factory):
 @pytest.fixture
 def run_dir(tmp_path):
     return write_run(tmp_path / "run", write_template_npz(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each test picks its own precision: accelerate keeps one per process and refuses another, and tests pin
+    trainer.mixed_precision=no beside others that take the default auto (bf16 on a CPU that computes it)."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

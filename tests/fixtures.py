@@ -187,6 +187,7 @@ def write_run(run_dir, data_root, in_channels=1, backbone=True, method="simclr")
     config.data.name, config.data.root = "npz", str(data_root)
     config.model.backbone, config.model.projection_hidden_dim, config.model.projection_dim = "small_cnn", 64, 16
     config.eval.probe_epochs, config.eval.knn_k = 20, 20
+    config.trainer.mixed_precision = "no"  # fp32 on any machine
     save_config(config, run_dir / "config.yaml")
     model = small_cnn(in_channels)
     if backbone:
@@ -195,3 +196,61 @@ def write_run(run_dir, data_root, in_channels=1, backbone=True, method="simclr")
         state = {name: value.contiguous() for name, value in head.state_dict().items()}
         save_file(state, str(run_dir / "projection_head.safetensors"))
     return run_dir
+
+
+def _flat_jpeg(path: Path, index: int, height: int, width: int) -> None:
+    """One flat-colour JPEG whose red channel encodes ``index`` (``40 * index``, so up to 6 classes)."""
+    image = torch.empty((3, height, width), dtype=torch.uint8)
+    image[0], image[1], image[2] = 40 * index, 100, 200
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_encode_jpeg(image))
+
+
+def write_cub200(root: Path, counts: tuple[int, ...] = (3, 2, 4, 3, 2, 3), inside: bool = True) -> list[str]:
+    """CUB-200-2011 as its ``CUB_200_2011.tgz`` extracts: ``root/CUB_200_2011/`` (``root`` itself if not
+    ``inside``) with ``classes.txt``, ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and
+    ``images/<NNN.Name>/<Name>_<i>.jpg``; ``counts[c]`` images of class ``c``. Class numbers start at 1, image ids
+    at 1 in class order, as the release. Returns the class folder names; red channel = 40 x class index.
+    """
+    base = Path(root) / "CUB_200_2011" if inside else Path(root)
+    classes = [f"{c + 1:03d}.Bird_{chr(65 + c)}" for c in range(len(counts))]
+    images, labels, split = [], [], []
+    for c, (folder, count) in enumerate(zip(classes, counts)):
+        for i in range(count):
+            relative = f"{folder}/{folder[4:]}_{i:04d}_{c}.jpg"
+            _flat_jpeg(base / "images" / relative, c, *((30, 44) if i % 2 else (40, 32)))
+            images.append(relative)
+            labels.append(c + 1)
+            split.append(i % 2)
+    numbered = lambda values: "".join(f"{i} {v}\n" for i, v in enumerate(values, 1))  # noqa: E731
+    (base / "classes.txt").write_text(numbered(classes))
+    (base / "images.txt").write_text(numbered(images))
+    (base / "image_class_labels.txt").write_text(numbered(labels))
+    (base / "train_test_split.txt").write_text(numbered(split))
+    return classes
+
+
+def write_cars196(root: Path, train: tuple[int, ...] = (2, 1, 2, 2), test: tuple[int, ...] = (1, 2, 1, 2)) -> list[str]:
+    """Stanford Cars in torchvision's ``StanfordCars`` layout under ``root/stanford_cars/``: ``cars_train/*.jpg``,
+    ``cars_test/*.jpg``, ``devkit/cars_meta.mat`` (``class_names``, a 1 x C cell array),
+    ``devkit/cars_train_annos.mat`` and ``cars_test_annos_withlabels.mat`` (``annotations``, a 1 x N struct array
+    with ``bbox_x1 .. bbox_y2``, ``class`` (uint8, from 1) and ``fname``), as the devkit's files.
+    ``train[c]`` / ``test[c]`` images of class ``c``, listed class-interleaved. Returns the class names.
+    """
+    from scipy.io import savemat
+
+    base = Path(root) / "stanford_cars"
+    classes = [f"Make{c} Model {2000 + c}" for c in range(len(train))]
+    fields = [(key, "O") for key in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
+    for folder, counts, annotations in (("cars_train", train, base / "devkit" / "cars_train_annos.mat"),
+                                        ("cars_test", test, base / "cars_test_annos_withlabels.mat")):
+        order = [c for i in range(max(counts)) for c in range(len(counts)) if i < counts[c]]  # interleaved
+        records = np.zeros((1, len(order)), dtype=fields)
+        for n, c in enumerate(order):
+            fname = f"{n + 1:05d}.jpg"
+            _flat_jpeg(base / folder / fname, c, *((36, 54) if n % 2 else (30, 40)))
+            records[0, n] = (np.uint8(1), np.uint8(2), np.uint16(30), np.uint16(20), np.uint8(c + 1), fname)
+        annotations.parent.mkdir(parents=True, exist_ok=True)
+        savemat(annotations, {"annotations": records})
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([classes], dtype=object)})
+    return classes

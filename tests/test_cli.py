@@ -88,7 +88,7 @@ def test_help_lists_every_config_section_and_key_with_its_default(main, capsys):
     assert exit_info.value.code == 0 and out.startswith("usage: sslsec-")
     for section in ("data", "model", "loss", "augment", "moco", "optim", "trainer", "eval"):
         assert f"  {section}:  " in out
-    assert "sec_weight=0.0" in out and "mixed_precision=no" in out and "seed=0" in out
+    assert "sec_weight=0.0" in out and "mixed_precision=auto" in out and "seed=0" in out
     assert "--seed " not in out and "--sec-weight" not in out  # config keys are key=value, never flags
 
 
@@ -119,3 +119,4 @@ def test_training_benchmark_runs_the_three_loops_and_prints_their_ratios(npz_roo
     speeds = re.findall(r"^\((a|b|c)\) .*: +(\d+) img/s", process.stdout, flags=re.MULTILINE)
     assert [name for name, _ in speeds] == ["a", "b", "c"] and all(int(value) > 0 for _, value in speeds)
     assert "step time of (b) over (a)" in process.stdout and "speed of (b) over (c)" in process.stdout
+    assert re.search(r"^CPU: .+, (native bf16|no native bf16 \(bf16 emulated)", process.stdout, flags=re.MULTILINE)

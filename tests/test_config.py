@@ -10,7 +10,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     config = load_config(path)
-    assert config.method in path.stem
+    assert config.method in path.stem or (config.method, path.stem[:4]) == ("metric", "dml_")
     assert config.output_dir.startswith("runs/")
 
 
@@ -49,13 +49,15 @@ def test_values_are_typed_by_the_schema_not_by_yaml(tmp_path):
         ("method=byol", "method must be one of simclr, moco"),
         ("loss.sec_weight=-1", "loss.sec_weight must be >= 0"),
         ("loss.sec_momentum=2", "loss.sec_momentum must be null or in (0, 1]"),
-        ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of no, bf16, fp16"),
+        ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of auto, no, bf16, fp16"),
         ("data=cifar10", "data must be a mapping"),
         ("trainer.epochs=null", "trainer.epochs must be set (expected int)"),
         ("augment.crop_scale=[0.5, 0.2]", "augment.crop_scale must be [low, high] with 0 < low <= high"),
         ("model.backbone=vit", "model.backbone must be one of resnet18, resnet50, small_cnn; got 'vit'"),
         ("data.name=mnist", "data.name must be one of cifar10, cifar100, fashion_mnist, npz, imagenet_folder"),
         ("epochs", "must look like key=value"),
+        ("model.pretrained=true", "model.pretrained=true loads ImageNet weights into torchvision's 7x7 stem; set "
+                                  "model.cifar_stem=false"),
         ("loss.contrastive=infonce", "loss.contrastive must be one of ntxent, dcl, dclw; got 'infonce'"),
     ],
 )
@@ -78,5 +80,23 @@ def test_defaults_are_the_embedded_published_recipe():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
 def test_every_shipped_config_has_sec_on(path):
-    loss = load_config(path).loss
-    assert loss.sec_weight > 0 and loss.sec_schedule == "linear", path.name
+    config = load_config(path)
+    # the SEC authors ramp the weight up in their SSL code, not in their metric-learning code
+    schedule = "constant" if config.method == "metric" else "linear"
+    assert config.loss.sec_weight > 0 and config.loss.sec_schedule == schedule, path.name
+
+
+def test_pretrained_needs_a_backbone_with_imagenet_weights():
+    with pytest.raises(ConfigError, match="model.pretrained=true needs ImageNet weights, which small_cnn has not; use "
+                                          "model.backbone=resnet18 or resnet50, or model.pretrained=false"):
+        load_config(None, ["model.backbone=small_cnn", "model.pretrained=true"])
+    assert load_config(None, ["model.pretrained=true", "model.cifar_stem=false"]).model.pretrained is True
+
+
+@pytest.mark.parametrize("name, num_classes, train, val", [("cub200", 200, 100, 20), ("cars196", 196, 98, 20)])
+def test_the_metric_learning_configs_split_every_class_once(name, num_classes, train, val):
+    config = load_config(Path(__file__).parents[1] / "configs" / f"dml_{name}.yaml")
+    data = config.data
+    assert data.name == name and data.train_classes == list(range(train))
+    assert data.test_classes == list(range(train, num_classes)) and data.val_classes == list(range(train - val, train))
+    assert config.model.pretrained and config.metric.loss == "triplet_squared" and config.trainer.batch_size == 120

@@ -4,12 +4,16 @@ import inspect
 
 import pytest
 import torch
+import torchvision
 from lightly.loss import DCLLoss, NTXentLoss
+from torchvision.models import WeightsEnum
 
 from sslsec.augment import MoCoV2Augment, SimCLRAugment
 from sslsec.config import load_config
 from sslsec.engine import trainer
-from sslsec.methods import METHODS, MoCo, SimCLR, build_method, build_projection_head
+from sslsec.eval import random_backbone
+from sslsec.methods import METHODS, MoCo, SimCLR, build_method, build_projection_head, method_class
+from sslsec.models import load_backbone, save_backbone
 
 
 def _config(method, *overrides):
@@ -76,9 +80,12 @@ def test_simclr_embeds_both_views_in_one_batch_norm_pass():
 
 
 def test_the_registry_ties_each_name_to_its_views_and_head():
-    assert list(METHODS) == ["simclr", "moco"]
-    assert (METHODS["simclr"].augment, METHODS["moco"].augment) == (SimCLRAugment, MoCoV2Augment)
-    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco"):
+    from sslsec.augment import MetricAugment
+
+    assert list(METHODS) == ["simclr", "moco", "metric"]
+    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, MetricAugment]
+    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 1]
+    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, metric"):
         build_projection_head("byol", 8)
 
 
@@ -159,3 +166,24 @@ def test_cosine_momentum_schedule_goes_from_base_to_one():
     assert model.momentum_at(100, 100) == pytest.approx(1.0)
     assert model.momentum_at(25, 100) == pytest.approx(1 - 0.01 * (1 + 0.5 ** 0.5) / 2)  # the cosine, not a line
     assert build_method(_config("moco"), in_channels=1).momentum_at(50, 100) == 0.99
+
+
+@pytest.mark.parametrize("method", ["simclr", "metric"])
+def test_pretrained_weights_start_training_but_stay_out_of_the_saved_spec_and_the_random_baseline(
+        method, tmp_path, monkeypatch):
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"].fill_(0.5)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda weights, **kwargs: state)
+    config = load_config(None, [f"method={method}", "model.backbone=resnet18", "model.cifar_stem=false",
+                                "model.pretrained=true", "model.embedding_dim=16", "model.projection_dim=16"])
+    backbone = build_method(config, in_channels=3, num_classes=4).backbone
+    trunk = backbone.trunk if method == "metric" else backbone
+    assert torch.equal(trunk.conv1.weight, state["conv1.weight"])
+    spec = method_class(method).backbone_spec(config, 3)
+    assert "pretrained" not in spec
+    save_backbone(backbone, tmp_path / "b.safetensors", spec)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda *args, **kwargs: pytest.fail("downloads weights"))
+    assert torch.equal(load_backbone(tmp_path / "b.safetensors").state_dict()["conv1.weight" if method == "simclr"
+                                                                              else "trunk.conv1.weight"], state["conv1.weight"])
+    baseline = random_backbone(config, 3)
+    assert not torch.equal((baseline.trunk if method == "metric" else baseline).conv1.weight, state["conv1.weight"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from safetensors.torch import load_file
 
 from sslsec.config import load_config
@@ -16,7 +17,7 @@ from sslsec.engine import pretrain
 from sslsec.methods import build_method
 from sslsec.methods.metric import METRIC_LOSSES, SemihardTripletLoss, metric_loss
 from sslsec.models import Embedder, load_backbone
-from tests.fixtures import write_npz
+from tests.fixtures import write_cub200, write_npz
 
 ROOT = Path(__file__).parents[1]
 
@@ -136,3 +137,25 @@ def test_a_linear_probe_of_classes_unseen_in_training_is_refused_with_the_tool_t
     with pytest.raises(SystemExit) as exit_info:
         linear_probe_main(["--random-init", "--config", str(config)])
     assert exit_info.value.code == 2 and "use sslsec-retrieval" in capsys.readouterr().err
+
+
+def test_the_cub200_recipe_trains_from_imagenet_weights_on_a_cub_fixture(tmp_path, monkeypatch):
+    """configs/dml_cub200.yaml shrunk to a CUB fixture: folder data, P x K batches, pretrained trunk, retrieval."""
+    write_cub200(tmp_path / "data")
+    state = torchvision.models.resnet18().state_dict()  # "ImageNet weights" placed in torch.hub's cache by hand
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    config = load_config(ROOT / "configs" / "dml_cub200.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.train_classes=[0,1,2,3]", "data.val_classes=[3]",
+        "data.test_classes=[4,5]", "data.image_size=40", "data.crop_size=32", "data.num_workers=0",
+        "model.backbone=resnet18", "model.embedding_dim=16", "trainer.batch_size=6", "trainer.epochs=1",
+        "trainer.eval_every=1", "trainer.mixed_precision=no", f"output_dir={tmp_path / 'run'}"])
+    run = pretrain(config)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["monitor_split"] for r in rows if "recall_at_1" in r] == ["val"]
+    trained = load_backbone(run / "backbone.safetensors")
+    assert isinstance(trained, Embedder) and trained.feature_dim == 16
+    moved = trained.trunk.conv1.weight - state["conv1.weight"]
+    assert 0 < moved.abs().max() < 1e-3  # one Adam step at lr 0.5e-5 from the cached weights

@@ -4,8 +4,8 @@ Two kinds of data set share one interface (``classes``, ``num_classes``, ``chann
 ``mean``, ``std``, ``name``, ``labels``, ``len()``, ``subset()``):
 
 - :class:`ImageArrays`: a whole data set in memory as one uint8 tensor (CIFAR-10/100, Fashion-MNIST, npz).
-- :class:`ImageFolderDataset`: an ImageNet-style JPEG folder (listed by torchvision's ``ImageFolder``),
-  decoded batch by batch.
+- :class:`ImageFolderDataset`: JPEG files decoded batch by batch: an ImageNet-style folder (listed by
+  torchvision's ``ImageFolder``), or the files CUB-200-2011 and Stanford Cars list (:mod:`sslsec.data.folders`).
 
 Example::
 
@@ -144,7 +144,7 @@ class ImageFolderDataset:
     Every image is decoded as RGB, resized so its shorter side is ``image_size`` and center-cropped to
     ``image_size x image_size``, so batches stack. ``class_list`` (a text file, one class folder name per line,
     e.g. the ImageNet-100 list, or a list of names) keeps only those classes; labels follow sorted class names.
-    Split ``"test"`` reads the ``val`` folder.
+    Split ``"test"`` reads the ``val`` folder. :meth:`from_samples` serves a given list of JPEG files instead.
     """
 
     channels = 3
@@ -166,9 +166,26 @@ class ImageFolderDataset:
         samples = _ClassListFolder(str(folder), classes).samples
         if not samples:
             raise DatasetError(f"no .JPEG/.jpg files under {folder}; expected the layout {_LAYOUT}")
+        self._set(root, split, image_size, name, classes, samples)
+
+    @classmethod
+    def from_samples(cls, samples: list[tuple[str, int]], classes: list[str], *, root: str | os.PathLike,
+                     split: str = "train", image_size: int = 224,
+                     name: str = "imagenet_folder") -> ImageFolderDataset:
+        """A data set of the JPEG files ``samples`` (``(path, label)`` pairs, labels indexing ``classes``).
+
+        For data sets that list their files themselves (CUB-200-2011's ``images.txt``, Stanford Cars' ``.mat``
+        annotations) instead of one folder per class.
+        """
+        dataset = cls.__new__(cls)
+        dataset._set(root, split, image_size, name, classes, samples)
+        return dataset
+
+    def _set(self, root: str | os.PathLike, split: str, image_size: int, name: str, classes: list[str],
+             samples: list[tuple[str, int]]) -> None:
         self.root, self.split, self.image_size, self.name = Path(root), split, int(image_size), name
-        self.classes, self.paths = classes, [path for path, _ in samples]
-        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.classes, self.paths = list(classes), [str(path) for path, _ in samples]
+        self.labels = torch.tensor([int(label) for _, label in samples], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -267,10 +284,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     """Load data set ``name`` (one of :data:`DATASET_NAMES`) from ``root``, split ``"train"`` or ``"test"``.
 
     Default roots: ``data/cifar10``, ``data/cifar100`` (torchvision's layout inside), and
-    ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``); ``npz`` and
-    ``imagenet_folder`` need ``root``. ``download`` fetches CIFAR through torchvision. ``image_size`` and
-    ``class_list`` apply to ``imagenet_folder`` (default 224 px). ``limit`` keeps a class-balanced subset of
-    that many samples (:func:`stratified_first`), for CPU-scale runs.
+    ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``); ``npz``,
+    ``imagenet_folder``, ``cub200`` and ``cars196`` need ``root``. ``download`` fetches CIFAR through torchvision.
+    ``image_size`` applies to the JPEG data sets (default 224 px for ``imagenet_folder``, 256 px for ``cub200``
+    and ``cars196``, :mod:`sslsec.data.folders`), ``class_list`` to ``imagenet_folder``. ``limit`` keeps a
+    class-balanced subset of that many samples (:func:`stratified_first`), for CPU-scale runs.
 
     Raises:
         DatasetError: the files are missing or malformed; the message says how to get them.
@@ -281,13 +299,17 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit < 1:
         raise DatasetError(f"limit must be a positive number of samples (or None for all), got {limit}")
+    if class_list is not None and name != "imagenet_folder":
+        raise DatasetError(f"class_list applies to imagenet_folder only, not {name}")
     if name == "imagenet_folder":
         if root is None:
             raise DatasetError("imagenet_folder needs root: the folder holding train/<class>/*.JPEG and val/")
         dataset = ImageFolderDataset(root, split, image_size or 224, class_list)
+    elif name in _LISTED_FOLDERS:
+        from sslsec.data.folders import FOLDER_READERS  # here: that module builds on ImageFolderDataset
+
+        dataset = FOLDER_READERS[name](root, split, image_size or 256)
     else:
-        if class_list is not None:
-            raise DatasetError(f"class_list applies to imagenet_folder only, not {name}")
         dataset = _IN_MEMORY_LOADERS[name](name, root, split, download)
         if image_size is not None and image_size != dataset.image_size:
             raise DatasetError(f"{name} images are {dataset.image_size} px, got image_size={image_size}; leave it "
@@ -406,4 +428,5 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
-DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder")  # the one list of data-set names (config reads it)
+_LISTED_FOLDERS = ("cub200", "cars196")  # JPEG sets that list their files (sslsec.data.folders), for metric learning
+DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS)  # the one list of names (config reads it)

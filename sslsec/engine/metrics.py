@@ -1,4 +1,9 @@
-"""Training metrics: windowed step averages into ``metrics.jsonl`` and accelerate's trackers."""
+"""Training metrics: windowed step averages into ``metrics.jsonl`` and accelerate's trackers.
+
+metrics.jsonl holds three kinds of rows, each with ``step`` and ``epoch``: step averages (``total``, ``lr``, ...),
+the kNN monitor (``knn_top1``), and at the start of every invocation of a run, fresh or resumed, the precision it
+trains in (``mixed_precision``, ``precision_reason``). Readers pick rows by key.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
@@ -47,10 +52,14 @@ class MetricsLog:
         return row
 
     def write(self, row: Dict[str, float], step: int) -> None:
+        self.note(row)
+        self.accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=step)
+
+    def note(self, row: Dict[str, Any]) -> None:
+        """Append ``row`` to metrics.jsonl only (main process), not to the trackers: e.g. the precision in force."""
         if self.accelerator.is_main_process:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        self.accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=step)
 
 
 def trackers() -> Optional[List[str]]:

@@ -97,7 +97,7 @@ class NonFiniteWatch:
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise TrainingError(
             f"non-finite loss at step {step} (epoch {step // steps_per_epoch}); {kept}. "
-            "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 instead of fp16."
+            "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 or no instead of fp16."
         )
 
 
@@ -145,6 +145,7 @@ def pretrain(config: Config) -> Path:
         log_with=trackers(),
         project_dir=str(output_dir),
     )
+    accelerator.print(f"precision: {accelerator.mixed_precision} ({accelerator.precision_reason})")
     micro_batch = _micro_batch(config, accelerator.num_processes)
     checkpoints = Checkpoints(accelerator, output_dir)
     resume_from = resume_path(config, checkpoints)
@@ -198,8 +199,12 @@ def pretrain(config: Config) -> Path:
         if accelerator.is_main_process:
             truncate_metrics(paths.metrics, progress.step)  # the steps after the checkpoint are logged again
         accelerator.print(f"resumed from {resume_from} at epoch {progress.epoch}, step {progress.step}")
-    accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight})
+    accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight,
+                                                "mixed_precision": accelerator.mixed_precision})
     log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds)
+    # Per invocation: a run resumed on another machine may train on in another precision under "auto".
+    log.note({"step": progress.step, "epoch": progress.epoch + 1, "mixed_precision": accelerator.mixed_precision,
+              "precision_reason": accelerator.precision_reason})
     stop = StopRequest(accelerator)
     try:
         core = accelerator.unwrap_model(model)

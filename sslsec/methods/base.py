@@ -70,6 +70,12 @@ class Method(nn.Module):
         return {"name": config.model.backbone, "in_channels": in_channels, "cifar_stem": config.model.cifar_stem}
 
     @classmethod
+    def initial_backbone(cls, config: Config, in_channels: int) -> nn.Module:
+        """The backbone training starts from: :meth:`backbone_spec`'s architecture, with torchvision's ImageNet
+        weights if ``model.pretrained`` (kept out of the spec: rebuilding a saved backbone downloads nothing)."""
+        return build_backbone(**cls.backbone_spec(config, in_channels), pretrained=config.model.pretrained)
+
+    @classmethod
     def memory_bank_size(cls, config: Config) -> Union[int, Sequence[int]]:
         """The loss's queue of negatives: none by default."""
         return 0
@@ -83,7 +89,7 @@ class Method(nn.Module):
     def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
                     num_classes: Optional[int] = None) -> Method:
         """The method that ``config`` describes, for images of ``in_channels`` (``num_classes``: unused here)."""
-        backbone = build_backbone(**cls.backbone_spec(config, in_channels))
+        backbone = cls.initial_backbone(config, in_channels)
         head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
                                    output_dim=config.model.projection_dim)
         loss = config.loss

@@ -22,7 +22,6 @@ from sslsec.eval.protocol import eval_crop_size
 from sslsec.eval.retrieval import retrieval_metrics
 from sslsec.losses import SECLossOutput, WithSEC
 from sslsec.methods.base import Method
-from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
     from sslsec.config import Config
@@ -176,7 +175,7 @@ class MetricLearning(Method):
     @classmethod
     def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
                     num_classes: Optional[int] = None) -> Method:
-        backbone = build_backbone(**cls.backbone_spec(config, in_channels))
+        backbone = cls.initial_backbone(config, in_channels)
         loss, miner = metric_loss(config.metric.loss, num_classes or 0, config.model.embedding_dim,
                                   config.metric.margin)
         criterion = WithSEC(loss, sec_weight=config.loss.sec_weight, sec_momentum=config.loss.sec_momentum,

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sslsec.data import DatasetError, ImageArrays, ImageFolderDataset, load_dataset
-from tests.fixtures import (patch_cifar_checksums, write_cifar, write_fashion_mnist, write_jpeg_folder,
-                            write_npz)
+from sslsec.config import load_config
+from sslsec.data import (DATASET_NAMES, BatchLoader, DatasetError, ImageArrays, ImageFolderDataset, load_dataset,
+                         load_splits)
+from sslsec.data.folders import FOLDER_READERS
+from tests.fixtures import (patch_cifar_checksums, write_cars196, write_cifar, write_cub200, write_fashion_mnist,
+                            write_jpeg_folder, write_npz)
 
 
 @pytest.mark.parametrize("name, num_classes, mean", [("cifar10", 10, 0.4914), ("cifar100", 100, 0.5071)])
@@ -137,3 +140,103 @@ def test_image_folder_splits_share_the_training_split_class_list(tmp_path):
     # with a class list, folders outside it are left out of every split
     test = load_dataset("imagenet_folder", tmp_path, "test", class_list=["n01", "n03"], image_size=8)
     assert test.classes == ["n01", "n03"] and test.labels.tolist() == [0, 1]
+
+
+# --- CUB-200-2011 and Stanford Cars: every image of both official halves, split by class ---------------------
+
+def _red_is_label(data, indices) -> bool:
+    """The fixtures paint class c with red 40 * c: each decoded image must show its label's colour."""
+    return all(abs(int(data[i][0][0, 4, 4]) - 40 * int(data.labels[i])) <= 4 for i in indices)
+
+
+def test_cub200_reads_every_image_labelled_in_classes_txt_order(tmp_path):
+    counts = (3, 2, 4, 3, 2, 3)
+    classes = write_cub200(tmp_path, counts)
+    train, test = load_dataset("cub200", tmp_path, "train"), load_dataset("cub200", tmp_path, "test", image_size=24)
+    assert isinstance(train, ImageFolderDataset) and train.paths == test.paths and len(train) == sum(counts)
+    assert train.labels.tolist() == [c for c, n in enumerate(counts) for _ in range(n)] and train.classes == classes
+    assert (train.name, train.image_size, test.image_size, train.mean) == ("cub200", 256, 24, (0.485, 0.456, 0.406))
+    assert all(Path(path).parent.name == classes[label] for path, label in zip(train.paths, train.labels.tolist()))
+    image, label = test[7]
+    assert image.shape == (3, 24, 24) and image.dtype == torch.uint8 and label == 2
+    assert _red_is_label(test, range(len(test)))
+    inside = load_dataset("cub200", tmp_path / "CUB_200_2011")  # root at CUB_200_2011/ itself
+    assert inside.paths == train.paths and torch.equal(inside.labels, train.labels)
+
+
+def test_cars196_reads_both_halves_labelled_in_cars_meta_order(tmp_path):
+    train_counts, test_counts = (2, 1, 2, 2), (1, 2, 1, 2)
+    classes = write_cars196(tmp_path, train_counts, test_counts)
+    data = load_dataset("cars196", tmp_path, "test", image_size=20)
+    assert data.classes == classes and data.name == "cars196" and data.image_size == 20
+    assert len(data) == sum(train_counts) + sum(test_counts) == len(load_dataset("cars196", tmp_path, "train"))
+    assert torch.bincount(data.labels).tolist() == [a + b for a, b in zip(train_counts, test_counts)]
+    assert [Path(path).parent.name for path in data.paths] == ["cars_train"] * 7 + ["cars_test"] * 6
+    assert data.labels[:4].tolist() == [0, 1, 2, 3]  # the fixture lists its classes interleaved
+    assert _red_is_label(data, range(len(data)))
+    inside = load_dataset("cars196", tmp_path / "stanford_cars", image_size=20)
+    assert inside.paths == data.paths and torch.equal(inside.labels, data.labels)
+    assert set(FOLDER_READERS) <= set(DATASET_NAMES)
+
+
+def test_class_choice_makes_disjoint_relabelled_train_val_and_test_splits_of_cub200(tmp_path):
+    counts = (3, 2, 4, 3, 2, 3)
+    classes = write_cub200(tmp_path, counts)
+    config = load_config(None, ["data.name=cub200", f"data.root={tmp_path}", "data.image_size=16",
+                                "data.train_classes=[0, 1, 2]", "data.val_classes=[2]", "data.test_classes=[3, 4, 5]"])
+    train, val, test = load_splits(config)
+    assert (train.classes, val.classes, test.classes) == (classes[:2], classes[2:3], classes[3:])
+    assert (len(train), len(val), len(test)) == (5, 4, 8)
+    assert train.labels.tolist() == [0, 0, 0, 1, 1] and val.labels.tolist() == [0] * 4
+    assert test.labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert not (set(train.paths) & set(test.paths) or set(train.paths) & set(val.paths))
+    assert all(abs(int(test[i][0][0, 4, 4]) - 40 * (3 + int(test.labels[i]))) <= 4 for i in range(len(test)))
+    batches = BatchLoader(train, 4, shuffle=True, drop_last=True, images_per_class=2, num_workers=0)
+    images, labels = next(iter(batches))
+    assert images.shape == (4, 3, 16, 16) and sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_cub200_errors_name_the_layout_and_the_source(tmp_path):
+    with pytest.raises(DatasetError, match=r"cub200 needs data.root.*data.caltech.edu"):
+        load_dataset("cub200")
+    with pytest.raises(DatasetError, match=r"neither .*CUB_200_2011 nor .*images.txt exists; expected CUB_200_2011/"):
+        load_dataset("cub200", tmp_path)
+    write_cub200(tmp_path)
+    base = tmp_path / "CUB_200_2011"
+    (base / "classes.txt").write_text("1 001.Bird_A\n2\n")
+    with pytest.raises(DatasetError, match=r"classes.txt line 2 is '2', expected '<number> <text>'"):
+        load_dataset("cub200", tmp_path)
+    (base / "classes.txt").write_text("1 001.Bird_A\n")
+    with pytest.raises(DatasetError, match=r"gives image 4 \(002.Bird_B/.*\) no class of classes.txt \(got '2'\)"):
+        load_dataset("cub200", tmp_path)
+    write_cub200(tmp_path)
+    (base / "images" / "003.Bird_C" / "Bird_C_0001_2.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"1 of the 17 images listed in .*images.txt are missing: .*Bird_C_0001_2"):
+        load_dataset("cub200", tmp_path)
+    (base / "image_class_labels.txt").unlink()
+    with pytest.raises(DatasetError, match=r"image_class_labels.txt not found; expected CUB_200_2011/") as error:
+        load_dataset("cub200", tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_cars196_errors_name_the_layout_and_the_source(tmp_path):
+    with pytest.raises(DatasetError, match=r"cars196: neither .*stanford_cars nor .*devkit exists.*issues/7545"):
+        load_dataset("cars196", tmp_path)
+    write_cars196(tmp_path)
+    base = tmp_path / "stanford_cars"
+    (base / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(DatasetError, match=r"stanford_cars lacks cars_test_annos_withlabels.mat; expected stan"):
+        load_dataset("cars196", tmp_path)
+    write_cars196(tmp_path)
+    (base / "devkit" / "cars_train_annos.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DatasetError, match=r"cannot read the cars196 annotations under .*stanford_cars") as error:
+        load_dataset("cars196", tmp_path)
+    assert error.value.__cause__ is None and "\n" not in str(error.value)
+    write_cars196(tmp_path, train=(1, 1), test=(1, 1))  # two classes in the meta file, four in older annotations
+    write_cars196(tmp_path / "other", train=(1, 1, 1, 1), test=(1, 1, 1, 1))
+    (base / "devkit" / "cars_train_annos.mat").write_bytes(
+        (tmp_path / "other" / "stanford_cars" / "devkit" / "cars_train_annos.mat").read_bytes())
+    with pytest.raises(DatasetError, match=r"class numbers \[3, 4\] .* not among the 2 classes"):
+        load_dataset("cars196", tmp_path)
+    with pytest.raises(DatasetError, match="class_list applies to imagenet_folder only"):
+        load_dataset("cars196", tmp_path, class_list=["a"])

@@ -23,7 +23,8 @@ def _argv(npz_root, output_dir, *extra):
             "model.backbone=small_cnn", "model.projection_hidden_dim=64", "model.projection_dim=32",
             "trainer.batch_size=16", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=0",
             "trainer.checkpoint_every_steps=1", "optim.warmup_epochs=0", "loss.sec_weight=0.3",
-            "loss.sec_schedule=linear", "loss.sec_momentum=0.1", f"output_dir={output_dir}", *extra]
+            "loss.sec_schedule=linear", "loss.sec_momentum=0.1", "trainer.mixed_precision=no",
+            f"output_dir={output_dir}", *extra]
 
 
 def _run(argv, **kwargs):
@@ -31,7 +32,8 @@ def _run(argv, **kwargs):
 
 
 def _steps(run_dir):
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if "total" in row]  # the step rows, not each invocation's precision row
 
 
 def _start_and_wait_for(argv, run_dir, rows):

@@ -22,6 +22,7 @@ def _overrides(npz_root, output_dir, *extra):
         "model.projection_hidden_dim=64", "model.projection_dim=32", "moco.queue_size=64",
         "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=1",
         "trainer.checkpoint_every=1", "optim.warmup_epochs=0", "eval.knn_k=10",
+        "trainer.mixed_precision=no",  # fp32 on any machine; auto and bf16 are tests/engine/test_precision.py's
         f"output_dir={output_dir}", *extra,
     ]
 
@@ -145,11 +146,11 @@ def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method)
 @pytest.mark.parametrize("center_crop, scored_at", [(True, 12), (False, None)])
 def test_knn_monitor_scores_center_crops_or_whole_images_of_views_trained_smaller(npz_root, tmp_path, monkeypatch,
                                                                                   center_crop, scored_at):
-    import sslsec.eval.knn as knn
+    import sslsec.methods.base as base
 
     seen = []
-    real = knn.knn_accuracy
-    monkeypatch.setattr(knn, "knn_accuracy", lambda *args, **kwargs: seen.append(kwargs["crop_size"]) or
+    real = base.knn_accuracy
+    monkeypatch.setattr(base, "knn_accuracy", lambda *args, **kwargs: seen.append(kwargs["crop_size"]) or
                         real(*args, **kwargs))
     pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=1", "data.crop_size=12",
                                           f"eval.center_crop={str(center_crop).lower()}")))
