@@ -159,7 +159,8 @@ def summarize_metric_study(results: Mapping[str, Mapping[str, Any]]) -> str:
         for variant, group in by_variant(result["rows"]).items():
             cells = [mean_std([row[key] for row in group], digits) for key, _, digits in TABLE]
             lines.append(f"| {loss} | {variant} | {weight_cell(group[0])} | {' | '.join(cells)} |")
-    seconds = [row["seconds"] for result in results.values() for row in [*result["choice"], *result["rows"]]]
+    seconds = list({row["run_dir"]: row["seconds"]  # a chosen seed-0 run is in both lists: count it once
+                    for result in results.values() for row in [*result["choice"], *result["rows"]]}.values())
     lines += ["", f"{len(seconds)} runs, {mean_std(seconds, 0)} s per run (training and scoring; a reused run "
               "counts the invocation that finished it)."]
     return "\n".join(lines) + "\n"
