@@ -189,10 +189,12 @@ def write_run(run_dir, data_root, in_channels=1, backbone=True, method="simclr")
     config.eval.probe_epochs, config.eval.knn_k = 20, 20
     config.trainer.mixed_precision = "no"  # fp32 on any machine
     save_config(config, run_dir / "config.yaml")
-    model = small_cnn(in_channels)
+    with torch.random.fork_rng(devices=[]):  # the same weights whatever ran before (the diagnostics test needs it)
+        torch.manual_seed(0)
+        model = small_cnn(in_channels)
+        head = build_projection_head(method, model.feature_dim, 64, 16)
     if backbone:
         save_backbone(model, run_dir / "backbone.safetensors", {"name": "small_cnn", "in_channels": in_channels})
-        head = build_projection_head(method, model.feature_dim, 64, 16)
         state = {name: value.contiguous() for name, value in head.state_dict().items()}
         save_file(state, str(run_dir / "projection_head.safetensors"))
     return run_dir
