@@ -244,7 +244,7 @@ def write_cars196(root: Path, train: tuple[int, ...] = (2, 1, 2, 2), test: tuple
     base = Path(root) / "stanford_cars"
     classes = [f"Make{c} Model {2000 + c}" for c in range(len(train))]
     fields = [(key, "O") for key in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
-    for folder, counts, annotations in (("cars_train", train, base / "devkit" / "cars_train_annos.mat"),
+    for folder, counts, annotations_file in (("cars_train", train, base / "devkit" / "cars_train_annos.mat"),
                                         ("cars_test", test, base / "cars_test_annos_withlabels.mat")):
         order = [c for i in range(max(counts)) for c in range(len(counts)) if i < counts[c]]  # interleaved
         records = np.zeros((1, len(order)), dtype=fields)
@@ -252,7 +252,7 @@ def write_cars196(root: Path, train: tuple[int, ...] = (2, 1, 2, 2), test: tuple
             fname = f"{n + 1:05d}.jpg"
             _flat_jpeg(base / folder / fname, c, *((36, 54) if n % 2 else (30, 40)))
             records[0, n] = (np.uint8(1), np.uint8(2), np.uint16(30), np.uint16(20), np.uint8(c + 1), fname)
-        annotations.parent.mkdir(parents=True, exist_ok=True)
-        savemat(annotations, {"annotations": records})
+        annotations_file.parent.mkdir(parents=True, exist_ok=True)
+        savemat(annotations_file, {"annotations": records})
     savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([classes], dtype=object)})
     return classes
