@@ -21,25 +21,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
-from bench_augment import PILImages  # this folder is on sys.path when a script in it runs
-
-from sslsec.augment import MultiView
-from sslsec.config import load_config
-from sslsec.data import BatchLoader, load_split
-from sslsec.engine.accelerator import make_accelerator
-from sslsec.engine.precision import cpu_description
-from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
-from sslsec.methods import build_augment, build_method, view_size
+from sslsec.cli import EXIT_INTERRUPTED, user_errors
+from sslsec.config import load_config  # torch and the rest are imported after the arguments are parsed
 
 
 def lightly_transform(config, dataset, augment):
     """lightly's SimCLRTransform with the recipe of sslsec's ``augment`` (colour ops off for grayscale, as sslsec
     does)."""
     from lightly.transforms import SimCLRTransform
+
+    from sslsec.methods import view_size
 
     recipe, color = config.augment, dataset.channels == 3
     return SimCLRTransform(
@@ -52,7 +47,9 @@ def lightly_transform(config, dataset, augment):
     )
 
 
-def _timed(run_steps, steps: int, batch_size: int, device: torch.device) -> float:
+def _timed(run_steps, steps: int, batch_size: int, device) -> float:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -63,6 +60,22 @@ def _timed(run_steps, steps: int, batch_size: int, device: torch.device) -> floa
 
 
 def main() -> None:
+    """Parse, then measure; Ctrl-C or a user error stops it with one line (exit code 130 or 2), as the sslsec
+    commands."""
+    args = _parser().parse_intermixed_args()
+    try:
+        measure(args)
+    except KeyboardInterrupt:
+        print("bench_train.py: stopped by Ctrl-C before its table was printed", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
+        print(f"bench_train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/simclr_fmnist.yaml"))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -71,7 +84,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers of the lightly-style loop (default: min(8, cores))")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_intermixed_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Run the three loops alternately and print their medians and ratios."""
+    import torch
+    from bench_augment import PILImages  # this folder is on sys.path when a script in it runs
+
+    from sslsec.augment import MultiView
+    from sslsec.data import BatchLoader, load_split
+    from sslsec.engine.accelerator import make_accelerator
+    from sslsec.engine.precision import cpu_description
+    from sslsec.engine.trainer import NonFiniteWatch, build_optimizer, train_step
+    from sslsec.methods import build_augment, build_method
 
     config = load_config(args.config, args.overrides)
     accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision, cpu=args.device == "cpu")

@@ -4,7 +4,12 @@
 One style of command line: everything that is a config key is given as ``key=value`` (before or after the
 flags; the syntax of :func:`sslsec.config.load_config`), flags are only for what is not a config key, and
 ``--help`` lists every config key with its default. Every entry point turns a user error (a bad config, a missing file, a data set that
-does not fit the backbone) into one ``error:`` line on stderr and exit code 2, never a traceback.
+does not fit the backbone) into one ``error:`` line on stderr and exit code 2, never a traceback; Ctrl-C outside
+pretraining's own stop (which checkpoints) into one line and exit code 130.
+
+The command line is parsed and the config keys listed before anything heavy is imported: torch, kornia, lightly,
+accelerate and matplotlib are imported inside the functions that use them, so ``--help`` and errors in the command
+line start in about a second.
 """
 
 from __future__ import annotations
@@ -13,32 +18,47 @@ import argparse
 import contextlib
 import itertools
 import json
+import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
-from accelerate import Accelerator, PartialState
-from torch import nn
+from sslsec.analysis.choices import (DEFAULT_VARIANTS, METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS,
+                                     METRIC_DEFAULT_WEIGHTS, VARIANTS)
+from sslsec.config import ConfigError, config_keys, format_override, load_config
 
-from sslsec.analysis.diagnostics import diagnose_run
-from sslsec.config import Config, ConfigError, config_keys, load_config
-from sslsec.data import DatasetError, load_splits
-from sslsec.engine import TrainingError, make_accelerator, pretrain
-from sslsec.eval import EvaluationError, eval_crop_size, evaluate_backbone, random_backbone, score_retrieval
-from sslsec.models import PretrainedWeightsError
-from sslsec.runs import RunError, RunPaths, load_run, load_saved_backbone
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
 
-USER_ERRORS = (ConfigError, DatasetError, EvaluationError, PretrainedWeightsError, RunError, TrainingError,
-               FileNotFoundError)
+    from sslsec.config import Config
+
+# The user errors, by the module that defines each: a module that was never imported raised none of its errors.
+USER_ERRORS = {"sslsec.config": "ConfigError", "sslsec.data.datasets": "DatasetError",
+               "sslsec.eval.features": "EvaluationError", "sslsec.models": "PretrainedWeightsError",
+               "sslsec.runs": "RunError", "sslsec.engine.checkpoint": "TrainingError"}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+
+
+def user_errors() -> Tuple[type, ...]:
+    """The exception classes that are the user's to fix (one ``error:`` line), among the modules loaded so far."""
+    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules]
+    return (*loaded, FileNotFoundError)
 
 
 @contextlib.contextmanager
-def _exit_on_user_error(program: str) -> Iterator[None]:
+def _exit_on_user_error(program: str, interrupted: str = "nothing was written") -> Iterator[None]:
+    """A user error: one ``error:`` line, exit code 2. Ctrl-C: one line saying ``interrupted``, exit code 130."""
     try:
         yield
-    except USER_ERRORS as error:
+    except KeyboardInterrupt:
+        print(f"{program}: stopped by Ctrl-C; {interrupted}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
         print(f"{program}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -62,11 +82,7 @@ def config_help(width: int = 100) -> str:
 
 
 def _yaml_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value) if isinstance(value, list) else str(value)
+    return format_override("", value)[1:]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -113,6 +129,10 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
 def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
            accelerator: Optional[Accelerator] = None) -> None:
     """Linear probe + kNN of ``backbone`` (random init if None); print and write ``linear_probe.json``."""
+    from sslsec.data import load_splits
+    from sslsec.engine import make_accelerator
+    from sslsec.eval import eval_crop_size, evaluate_backbone, random_backbone
+
     train, val, test = load_splits(config)
     if backbone is None:
         backbone = random_backbone(config, train.channels)
@@ -130,6 +150,8 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
 
 def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str]:
     """(config, backbone or None for random init, output directory, a label for the backbone)."""
+    from sslsec.runs import load_run, load_saved_backbone
+
     if args.run is not None:
         config, backbone = load_run(args.run, args.overrides)
         return config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})"
@@ -175,6 +197,11 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
 
 def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str) -> None:
     """Retrieval scores of ``backbone`` (random init if None); print the table and write ``retrieval.json``."""
+    from accelerate import PartialState
+
+    from sslsec.engine import make_accelerator
+    from sslsec.eval import score_retrieval
+
     result = score_retrieval(config, backbone,
                              accelerator=make_accelerator(mixed_precision=config.trainer.mixed_precision))
     if not PartialState().is_main_process:
@@ -198,20 +225,24 @@ def _classes_unseen_in_training(config: Config) -> bool:
 
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-diagnose``: projection-norm and pair-cosine diagnostics of a run; writes PNGs and
-    ``diagnostics.json``."""
+    ``diagnostics_seedN.json``, one set per seed."""
     parser = _parser("sslsec-diagnose", "Projection norms and positive/negative cosines of a pretraining run; "
-                     "trainer.seed picks the images and their views.", "trainer.seed=1 data.root=/elsewhere")
+                     "trainer.seed picks the images and their views (default: the run's seed); writes "
+                     "diagnostics_seedN.json, projection_norms_seedN.png and pair_cosines_seedN.png into the run "
+                     "directory.", "trainer.seed=1 data.root=/elsewhere")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="a pretraining run directory")
     parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
+        from sslsec.analysis.diagnostics import diagnose_run
+
         result = diagnose_run(args.run, args.overrides, n=args.n)
     print(f"{result['method']} on {result['dataset']}, {result['n_images']} test images, two views each")
     print(f"  projection norm  mean {result['norm_mean']:.3f}  std {result['norm_std']:.3f}  "
           f"std/mean {result['norm_std_over_mean']:.3f}")
     print(f"  cosine positive  mean {result['positive_cosine_mean']:+.3f}  std {result['positive_cosine_std']:.3f}")
     print(f"  cosine negative  mean {result['negative_cosine_mean']:+.3f}  std {result['negative_cosine_std']:.3f}")
-    print(f"wrote {', '.join(result['histograms'])} and diagnostics.json into {args.run}")
+    print(f"wrote {', '.join(result['histograms'])} and {result['json']} into {args.run}")
 
 
 def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -223,9 +254,16 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--probe", action="store_true", help="evaluate the result: the linear probe and kNN, or "
                         "retrieval (sslsec-retrieval) where the test classes are not the training classes")
     args = _parse(parser, argv)
-    with _exit_on_user_error(parser.prog):
+    with _exit_on_user_error(parser.prog, "no checkpoint was written now (training checkpoints at "
+                             "Ctrl-C only between its steps)"):
         config = load_config(args.config, args.overrides)
-        run_dir = pretrain(config)
+        from accelerate import PartialState
+
+        from sslsec.engine import pretrain
+        from sslsec.runs import RunPaths, load_run
+
+        with _nothing_left_on_data_error(Path(config.output_dir)):
+            run_dir = pretrain(config)
         if args.probe and RunPaths(run_dir).finished():
             config, backbone = load_run(run_dir)
             evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
@@ -233,10 +271,28 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
     PartialState().destroy_process_group()
 
 
+@contextlib.contextmanager
+def _nothing_left_on_data_error(output_dir: Path) -> Iterator[None]:
+    """A run that stops on its data (a corrupt image, found in the middle of an epoch after ``config.yaml`` was
+    written) before its first checkpoint leaves nothing behind: what this invocation added to ``output_dir`` (or
+    ``output_dir`` itself, if it made it) is removed. A run with a checkpoint is kept, to be resumed."""
+    from accelerate import PartialState
+
+    from sslsec.data import DatasetError
+    from sslsec.runs import RunPaths
+
+    before = set(output_dir.iterdir()) if output_dir.is_dir() else None
+    try:
+        yield
+    except DatasetError:
+        if PartialState().is_main_process and output_dir.is_dir() and not RunPaths(output_dir).started():
+            for path in [output_dir] if before is None else sorted(set(output_dir.iterdir()) - before):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
+
+
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each trained and scored; prints the table."""
-    from sslsec.analysis.study import DEFAULT_VARIANTS, VARIANTS, run_study, summarize_study
-
     parser = _parser("sslsec-study", "The SEC study: train every variant x seed into output_dir/VARIANT_seedN, then "
                      "score it as its method is: the linear probe, kNN and norm diagnostics (SimCLR, MoCo), or "
                      "retrieval on the validation and test splits and the embedding-norm spread (method: metric); "
@@ -255,7 +311,11 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
                         help="test images embedded for the norm diagnostics (default 1024)")
     args = _parse(parser, argv)
     variants = _names(args.variants)
-    with _exit_on_user_error(parser.prog):
+    with _exit_on_user_error(parser.prog, "finished runs are kept, and a rerun resumes the others"):
+        from accelerate import PartialState
+
+        from sslsec.analysis.study import run_study, summarize_study
+
         rows = run_study(args.config, variants, args.seeds, args.overrides, diagnostics_n=args.diagnostics_n)
     if PartialState().is_main_process:
         print("\n" + summarize_study(rows), end="")
@@ -265,9 +325,6 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
 def metric_study_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-metric-study``: the metric-learning table, losses x none / L2 / SEC over seeds, weights chosen on
     validation; prints the table."""
-    from sslsec.analysis.metric_study import (DEFAULT_LOSSES, DEFAULT_VARIANTS, DEFAULT_WEIGHTS, run_metric_study,
-                                              summarize_metric_study)
-
     parser = _parser("sslsec-metric-study", "The SEC paper's metric-learning table: for each loss (metric.loss), first "
                      "the SEC and L2 weights, each the candidate of highest validation MAP@R on seed 0 (runs in "
                      "OUTPUT_DIR/LOSS/choice/), then sslsec-study of the variants over the seeds at those weights (in "
@@ -276,19 +333,23 @@ def metric_study_main(argv: Optional[Sequence[str]] = None) -> None:
                      "data.train_limit=2000 trainer.epochs=3 output_dir=runs/dml_table")
     parser.add_argument("--config", type=Path, required=True, help="a method: metric config YAML "
                         "(configs/dml_fmnist.yaml)")
-    parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
-                        help=f"comma-separated metric.loss values (default: {','.join(DEFAULT_LOSSES)})")
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated study variants (default: {','.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--losses", default=",".join(METRIC_DEFAULT_LOSSES),
+                        help=f"comma-separated metric.loss values (default: {','.join(METRIC_DEFAULT_LOSSES)})")
+    parser.add_argument("--variants", default=",".join(METRIC_DEFAULT_VARIANTS),
+                        help=f"comma-separated study variants (default: {','.join(METRIC_DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, trainer.seed=0..SEEDS-1 (default 3)")
-    for variant, weights in DEFAULT_WEIGHTS.items():
+    for variant, weights in METRIC_DEFAULT_WEIGHTS.items():
         parser.add_argument(f"--{variant}-weights", default=",".join(map(str, weights)),
                             help=f"comma-separated candidate {variant} weights (default: "
                             f"{','.join(map(str, weights))}); an empty string keeps the config's")
     args = _parse(parser, argv)
-    with _exit_on_user_error(parser.prog):
+    with _exit_on_user_error(parser.prog, "finished runs are kept, and a rerun resumes the others"):
+        from accelerate import PartialState
+
+        from sslsec.analysis.metric_study import run_metric_study, summarize_metric_study
+
         weights = {variant: _floats(getattr(args, f"{variant}_weights"), f"--{variant}-weights")
-                   for variant in DEFAULT_WEIGHTS}
+                   for variant in METRIC_DEFAULT_WEIGHTS}
         results = run_metric_study(args.config, _names(args.losses), args.seeds, args.overrides,
                                    variants=_names(args.variants), weights={v: w for v, w in weights.items() if w})
     if PartialState().is_main_process:

@@ -9,12 +9,14 @@ line that names the key, the bad value and the valid choices::
     config = load_config("configs/simclr_fmnist.yaml", ["loss.sec_weight=1.0", "trainer.epochs=5"])
 
 The names of methods, data sets and backbones come from their registries (:data:`sslsec.methods.METHODS`,
-:data:`sslsec.data.DATASET_NAMES`, :data:`sslsec.models.BACKBONES`).
+:data:`sslsec.data.DATASET_NAMES`, :data:`sslsec.models.BACKBONES`), imported by :func:`validate` only: the schema,
+``--help`` and key and type errors need no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,13 +26,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from sslsec.data import DATASET_NAMES
-from sslsec.eval.linear import PROBE_SCHEDULES
-from sslsec.losses import CONTRASTIVE_LOSSES, SEC_SCHEDULES
-from sslsec.methods import METHODS
-from sslsec.methods.metric import METRIC_LOSSES
-from sslsec.models import BACKBONES, IMAGENET_WEIGHTS
 
 OPTIMIZERS = ("sgd", "lars", "adam")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -58,6 +53,7 @@ class DataConfig:
     train_limit: Optional[int] = None  # use a subset of the (remaining) training split (CPU-scale runs)
     test_limit: Optional[int] = None
     num_workers: Optional[int] = None  # folder data sets only
+    skip_corrupt: bool = False  # folder data sets: a file that does not decode is skipped with a warning, not an error
 
 
 @dataclass
@@ -213,8 +209,11 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 # Settings a run may change when it is resumed (or a study reuses it): where it lives, how it was started, when it
 # logs, evaluates, checkpoints or stops early, how many loader workers it uses, and how it is evaluated. None of
 # them changes the trained weights; every other key is the recipe and must stay as the run was started.
+# data.skip_corrupt is among them: without it a corrupt file stops the run, so a run that went past one had it on
+# (and turning it on is how a run stopped by a corrupt file goes on).
 RESULT_FREE_KEYS = ("output_dir", "resume", "trainer.max_steps", "trainer.log_every", "trainer.eval_every",
-                    "trainer.checkpoint_every", "trainer.checkpoint_every_steps", "data.num_workers")
+                    "trainer.checkpoint_every", "trainer.checkpoint_every_steps", "data.num_workers",
+                    "data.skip_corrupt")
 RESULT_FREE_SECTIONS = ("eval.",)
 
 
@@ -235,6 +234,19 @@ def config_keys(config: Optional[Config] = None) -> Iterator[Tuple[str, Any]]:
                 yield prefix + key, value
 
     return walk(to_dict(config or Config()), "")
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` as :func:`load_config` reads it back: ``null``, ``true`` / ``false``, lists as ``[a, b]``."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (list, tuple)):
+        text = json.dumps(list(value))
+    else:
+        text = str(value)
+    return f"{key}={text}"
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -349,6 +361,14 @@ def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> Non
 
 def validate(config: Config) -> None:
     """Range and choice checks that types alone cannot express."""
+    # Here, not at the top: the registries live beside their implementations (torch, kornia, lightly).
+    from sslsec.data import DATASET_NAMES
+    from sslsec.eval.linear import PROBE_SCHEDULES
+    from sslsec.losses import SEC_SCHEDULES
+    from sslsec.methods import METHODS
+    from sslsec.methods.metric import METRIC_LOSSES
+    from sslsec.models import BACKBONES
+
     _choice("method", config.method, tuple(METHODS))
     _choice("data.name", config.data.name, DATASET_NAMES)
     _choice("model.backbone", config.model.backbone, BACKBONES)
@@ -396,6 +416,9 @@ def _check_classes(data: DataConfig) -> None:
 
 
 def _check_contrastive(config: Config) -> None:
+    from sslsec.losses import CONTRASTIVE_LOSSES
+    from sslsec.methods import METHODS
+
     _choice("loss.contrastive", config.loss.contrastive, CONTRASTIVE_LOSSES)
     if config.loss.contrastive != "ntxent" and METHODS[config.method].memory_bank_size(config):
         raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
@@ -403,6 +426,8 @@ def _check_contrastive(config: Config) -> None:
 
 
 def _check_pretrained(model: ModelConfig) -> None:
+    from sslsec.models import IMAGENET_WEIGHTS
+
     if model.pretrained and model.backbone not in IMAGENET_WEIGHTS:
         raise ConfigError(f"model.pretrained=true needs ImageNet weights, which {model.backbone} has not; use "
                           f"model.backbone={' or '.join(IMAGENET_WEIGHTS)}, or model.pretrained=false")

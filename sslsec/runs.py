@@ -8,15 +8,14 @@ complete one) and, once pretraining has finished, ``backbone.safetensors`` and `
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
 
-from safetensors.torch import load_model
-from torch import nn
+from sslsec.config import Config, config_keys, format_override, load_config
 
-from sslsec.config import Config, load_config
-from sslsec.methods import build_projection_head
-from sslsec.models import load_backbone
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class RunError(ValueError):
@@ -44,6 +43,25 @@ class RunPaths:
         return self.finished() or self.latest_checkpoint.is_file()
 
 
+def resume_command(config: Config, resume: str = "true", run_dir: Optional[Union[str, Path]] = None,
+                   changes: Mapping[str, Any] = ()) -> str:
+    """The command line that continues the run of ``config``: ``sslsec-pretrain --config RUN/config.yaml
+    resume=true``, with every setting in which ``config`` differs from the run's ``config.yaml`` (settings a resume
+    may change, such as ``trainer.max_steps``) and ``changes`` (``{"trainer.max_steps": None}``) as ``key=value``.
+
+    ``run_dir``: where the run is now, when it is not (or no longer) the ``output_dir`` it was started with.
+    Quoted for a POSIX shell; :func:`load_config` reads the ``key=value`` words back to ``config``.
+    """
+    paths = RunPaths(run_dir if run_dir is not None else config.output_dir)
+    saved = dict(config_keys(load_config(paths.config))) if paths.config.is_file() else {}
+    wanted = dict(changes)
+    if Path(config.output_dir).resolve() != paths.root.resolve():
+        wanted["output_dir"] = str(paths.root)
+    overrides = [format_override(key, wanted.pop(key, value)) for key, value in config_keys(config)
+                 if key != "resume" and (key in wanted or saved.get(key) != value)]
+    return shlex.join(["sslsec-pretrain", "--config", str(paths.config), *overrides, f"resume={resume}"])
+
+
 def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:
     """The config (``config.yaml`` with ``key=value`` overrides) and trained backbone of a pretraining run."""
     paths = RunPaths(run_dir)
@@ -51,14 +69,18 @@ def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[
         raise RunError(f"run directory {run_dir} does not exist")
     if not paths.config.is_file():
         raise RunError(f"{paths.config} is missing: is {run_dir} a pretraining run directory (its output_dir)?")
+    config = load_config(paths.config, overrides)
     if not paths.finished():
-        raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; let the run "
-                       "finish (or resume it with resume=true), or pass --backbone FILE --config FILE")
-    return load_config(paths.config, overrides), load_saved_backbone(paths.backbone)
+        # resume=auto: also right for a run that stopped before its first checkpoint (it starts again)
+        raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; finish the run with: "
+                       f"{resume_command(load_config(paths.config), 'auto', run_dir=paths.root)}")
+    return config, load_saved_backbone(paths.backbone)
 
 
 def load_saved_backbone(path: Union[str, Path]) -> nn.Module:
     """:func:`sslsec.models.load_backbone`, with a :class:`RunError` for a file that is not one."""
+    from sslsec.models import load_backbone  # here: the run directory's checks above need no torch
+
     try:
         return load_backbone(path)
     except (FileNotFoundError, ValueError) as error:
@@ -67,6 +89,10 @@ def load_saved_backbone(path: Union[str, Path]) -> nn.Module:
 
 def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
     """The trained projection head of a pretraining run (``projection_head.safetensors``)."""
+    from safetensors.torch import load_model
+
+    from sslsec.methods import build_projection_head
+
     path = RunPaths(run_dir).projection_head
     if not path.is_file():
         raise RunError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")

@@ -13,7 +13,7 @@ Example::
 
     samples = projection_samples(backbone, head, test, SimCLRAugment(28, test.mean, test.std), n=1024)
     print(summarize(samples)["norm_std_over_mean"])
-    save_histograms(samples, "runs/simclr_fmnist")
+    save_histograms(samples, "runs/simclr_fmnist", suffix="_seed0")
 """
 
 from __future__ import annotations
@@ -98,11 +98,13 @@ def norm_diagnostics(backbone: nn.Module, head: nn.Module, dataset: Any, augment
     return summarize(projection_samples(backbone, head, dataset, augment, n, batch_size=batch_size, seed=seed))
 
 
-def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], title: str = "") -> List[Path]:
-    """Write ``projection_norms.png`` and ``pair_cosines.png`` (positive vs negative pairs) into ``directory``."""
+def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], title: str = "",
+                    suffix: str = "") -> List[Path]:
+    """Write ``projection_norms{suffix}.png`` and ``pair_cosines{suffix}.png`` (positive vs negative pairs) into
+    ``directory``."""
     Figure = matplotlib_figure()
     directory = Path(directory)
-    paths = [directory / HISTOGRAMS["norms"], directory / HISTOGRAMS["cosines"]]
+    paths = [directory / _suffixed(HISTOGRAMS["norms"], suffix), directory / _suffixed(HISTOGRAMS["cosines"], suffix)]
     figure = Figure(figsize=(5, 3.5), layout="constrained")
     axes = figure.subplots()
     axes.hist(samples["norms"].numpy(), bins=60, color="tab:blue")
@@ -122,6 +124,11 @@ def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], tit
     return paths
 
 
+def _suffixed(name: str, suffix: str) -> str:
+    stem, dot, extension = name.rpartition(".")
+    return f"{stem}{suffix}{dot}{extension}"
+
+
 def matplotlib_figure() -> Any:
     """matplotlib's ``Figure`` class, or an :class:`EvaluationError` that says how to install it."""
     # pyplot is never imported: a bare Figure renders PNGs with Agg and leaves the user's backend alone.
@@ -136,7 +143,8 @@ def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n:
                  device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
     """Norm diagnostics of a pretraining run on its test split, through the run's own view recipe (the method's
     preset with its ``augment`` section); ``trainer.seed`` picks the images and the views. Writes the PNGs and
-    ``diagnostics.json`` into the run directory."""
+    ``diagnostics_seed{seed}.json`` into the run directory, each name with the seed (``projection_norms_seed1.png``),
+    so that diagnostics of other seeds sit beside them."""
     matplotlib_figure()  # fail before the work, not after it
     config, backbone = load_run(run_dir, overrides)
     seed = config.trainer.seed
@@ -147,7 +155,9 @@ def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n:
     samples = projection_samples(backbone, head, test, build_augment(config, test), n, seed=seed)
     result = {"method": config.method, "dataset": test.name, "sec_weight": config.loss.sec_weight,
               "seed": seed, **summarize(samples)}
-    paths = save_histograms(samples, run_dir, title=f"({config.method}, {test.name})")
+    suffix = f"_seed{seed}"
+    paths = save_histograms(samples, run_dir, title=f"({config.method}, {test.name}, seed {seed})", suffix=suffix)
     result["histograms"] = [path.name for path in paths]
-    (Path(run_dir) / "diagnostics.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["json"] = f"diagnostics{suffix}.json"
+    (Path(run_dir) / result["json"]).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -26,14 +26,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from accelerate import PartialState
 
+from sslsec.analysis.choices import METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 from sslsec.analysis.diagnostics import matplotlib_figure
 from sslsec.analysis.study import StudyError, by_variant, mean_std, plot_curves, run_study, study_dir, weight_cell
 from sslsec.config import load_config
 from sslsec.methods import method_class
 
-DEFAULT_LOSSES = ("triplet", "semihard_triplet", "npair", "multi_similarity", "normface")  # the paper's, + NormFace
-DEFAULT_VARIANTS = ("none", "l2", "sec")
-DEFAULT_WEIGHTS = {"sec": (0.1, 1.0), "l2": (1e-3, 1e-2)}
+DEFAULT_LOSSES, DEFAULT_VARIANTS, DEFAULT_WEIGHTS = METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 WEIGHT_KEYS = {"sec": "loss.sec_weight", "l2": "loss.norm_penalty_weight"}
 CHOICE_SCORE = "val_map_at_r"
 TABLE = (("recall_at_1", "test R@1", 2), ("map_at_r", "test MAP@R", 2), ("nmi", "test NMI", 2),

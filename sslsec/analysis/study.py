@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Un
 
 from safetensors.torch import load_file
 
+from sslsec.analysis.choices import DEFAULT_VARIANTS, VARIANTS
 from sslsec.analysis.diagnostics import matplotlib_figure
 from sslsec.analysis.scoring import NORMS_FILE, scorer
 from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
@@ -44,8 +45,6 @@ from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
 from sslsec.runs import RunPaths, load_saved_backbone
 
-VARIANTS = ("none", "sec", "sec_constant", "sec_linear", "sec_paper", "sec_ema", "l2")
-DEFAULT_VARIANTS = ("none", "sec", "sec_ema", "l2")
 DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
 DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
 PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07

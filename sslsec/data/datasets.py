@@ -21,6 +21,7 @@ import gzip
 import math
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ import torch
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
-__all__ = ["DATASET_NAMES", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset", "select_classes",
-           "stratified_first"]
+__all__ = ["DATASET_NAMES", "CorruptImageError", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset",
+           "select_classes", "stratified_first"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -50,6 +51,18 @@ _LAYOUT = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
 
 class DatasetError(ValueError):
     """A data set is missing or malformed; the message names the path and how to get or fix the data."""
+
+
+class CorruptImageError(DatasetError):
+    """A file of a folder data set that cannot be read or decoded (``path``, ``reason``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot decode {path}: {reason}; replace or remove the file, or set data.skip_corrupt=true "
+                         "to skip such files with a warning")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # picklable with its two arguments
+        return type(self), (self.path, self.reason)
 
 
 def stratified_first(labels: Tensor, k: int) -> Tensor:
@@ -145,10 +158,15 @@ class ImageFolderDataset:
     ``image_size x image_size``, so batches stack. ``class_list`` (a text file, one class folder name per line,
     e.g. the ImageNet-100 list, or a list of names) keeps only those classes; labels follow sorted class names.
     Split ``"test"`` reads the ``val`` folder. :meth:`from_samples` serves a given list of JPEG files instead.
+
+    A file that does not decode raises :class:`CorruptImageError`, or, with ``skip_corrupt`` (``data.skip_corrupt``),
+    is skipped by :class:`~sslsec.data.BatchLoader` with a warning; ``corrupt`` (path -> reason) holds those found,
+    shared with the subsets of this data set.
     """
 
     channels = 3
     mean, std = STATS["imagenet_folder"]
+    skip_corrupt = False
 
     def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 224,
                  class_list: str | os.PathLike | list[str] | None = None, name: str = "imagenet_folder") -> None:
@@ -186,6 +204,7 @@ class ImageFolderDataset:
         self.root, self.split, self.image_size, self.name = Path(root), split, int(image_size), name
         self.classes, self.paths = list(classes), [str(path) for path, _ in samples]
         self.labels = torch.tensor([int(label) for _, label in samples], dtype=torch.int64)
+        self.corrupt: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -221,13 +240,37 @@ class ImageFolderDataset:
                 images = [decode_image(data, mode=ImageReadMode.RGB).to(device) for data in encoded]
         return torch.stack([center_crop(resize(im, [size], antialias=True), [size, size]) for im in images])
 
+    def decode_checked(self, encoded: list[Tensor], device: torch.device | str = "cpu") -> tuple[Tensor, dict[int, str]]:
+        """:meth:`decode` that survives files that do not decode: ``(images (B, 3, S, S), failures)``, where
+        ``failures`` maps each failing position to the decoder's reason and its image is black."""
+        try:
+            return self.decode(encoded, device), {}
+        except RuntimeError:
+            pass
+        images, failures = [], {}
+        for position, data in enumerate(encoded):
+            try:
+                images.append(self.decode([data], device)[0])
+            except RuntimeError as err:
+                failures[position] = decoder_reason(err)
+                images.append(torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=device))
+        return torch.stack(images), failures
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Decoded uint8 ``(3, S, S)`` image and its label."""
+        """Decoded uint8 ``(3, S, S)`` image and its label; :class:`CorruptImageError` if the file does not decode."""
         try:
             image = self.decode([self.read_encoded(index)])[0]
-        except RuntimeError as err:
-            raise DatasetError(f"cannot decode {self.paths[index]} as JPEG: {err}") from None
+        except (RuntimeError, OSError) as err:
+            raise CorruptImageError(self.paths[index], decoder_reason(err)) from None
         return image, int(self.labels[index])
+
+
+def decoder_reason(error: Exception) -> str:
+    """torchvision's (or the file system's) message, first line, without the C++ source location."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\w+, \S+:\d+, ", "", text)  # "decode_jpeg, /.../decode_jpeg.cpp:171, Image is truncated"
 
 
 class _ClassListFolder(ImageFolder):
@@ -280,7 +323,7 @@ def _read_class_list(class_list: str | os.PathLike | list[str]) -> list[str]:
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", *,
                  download: bool = False, image_size: int | None = None,
                  class_list: str | os.PathLike | list[str] | None = None,
-                 limit: int | None = None) -> ImageArrays | ImageFolderDataset:
+                 limit: int | None = None, skip_corrupt: bool = False) -> ImageArrays | ImageFolderDataset:
     """Load data set ``name`` (one of :data:`DATASET_NAMES`) from ``root``, split ``"train"`` or ``"test"``.
 
     Default roots: ``data/cifar10``, ``data/cifar100`` (torchvision's layout inside), and
@@ -288,7 +331,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     ``imagenet_folder``, ``cub200`` and ``cars196`` need ``root``. ``download`` fetches CIFAR through torchvision.
     ``image_size`` applies to the JPEG data sets (default 224 px for ``imagenet_folder``, 256 px for ``cub200``
     and ``cars196``, :mod:`sslsec.data.folders`), ``class_list`` to ``imagenet_folder``. ``limit`` keeps a
-    class-balanced subset of that many samples (:func:`stratified_first`), for CPU-scale runs.
+    class-balanced subset of that many samples (:func:`stratified_first`), for CPU-scale runs. ``skip_corrupt``:
+    the JPEG data sets' files that do not decode are skipped with a warning instead of stopping the loader.
 
     Raises:
         DatasetError: the files are missing or malformed; the message says how to get them.
@@ -314,6 +358,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         if image_size is not None and image_size != dataset.image_size:
             raise DatasetError(f"{name} images are {dataset.image_size} px, got image_size={image_size}; leave it "
                              "unset (the augmentation's crop size sets the view size)")
+    if isinstance(dataset, ImageFolderDataset):
+        dataset.skip_corrupt = skip_corrupt
     if limit is not None:
         dataset = dataset.subset(stratified_first(dataset.labels, limit))
     return dataset

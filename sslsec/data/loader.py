@@ -18,11 +18,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 
 import torch
 from torch import Tensor
 
-from sslsec.data.datasets import ImageArrays, ImageFolderDataset
+from sslsec.data.datasets import CorruptImageError, DatasetError, ImageArrays, ImageFolderDataset, decoder_reason
 
 __all__ = ["BatchLoader", "class_balanced_batches"]
 
@@ -76,7 +77,9 @@ class BatchLoader:
     no DataLoader, no workers. Folder data (:class:`ImageFolderDataset`) goes through a torch DataLoader with
     ``num_workers`` workers (default ``min(8, cpu count)``) fed the same index lists; on CUDA the workers only
     read bytes and JPEGs are decoded on the GPU (nvJPEG), on CPU the workers decode (``decode_on_device``
-    overrides this choice).
+    overrides this choice). A file that does not decode raises :class:`CorruptImageError` naming it, in the main
+    process whatever the workers; with the data set's ``skip_corrupt`` it is skipped instead, with one warning per
+    file, and the next good image of its class takes its place (so every rank's batch keeps its size).
 
     With ``images_per_class`` (K, metric learning) every global batch is ``B * W / K`` classes x K images
     (:func:`class_balanced_batches`, seeded with ``seed + epoch``; each rank takes ``B / K`` whole classes) and
@@ -146,10 +149,29 @@ class BatchLoader:
                 indices = indices.to(self.device, non_blocking=True)
                 yield self._images[indices], self._labels[indices]
             return
-        for images, labels in self._folder_loader:
+        for images, labels, indices, failures in self._folder_loader:
             if isinstance(images, list):  # encoded JPEG bytes: decode on the device
-                images = self.dataset.decode(images, self.device)
+                images, failed = self.dataset.decode_checked(images, self.device)
+                failures = {**failed, **failures}  # a file that could not be read: its own reason
+            if failures:
+                images = self._replace_corrupt(images, labels, indices, failures)
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _replace_corrupt(self, images: Tensor, labels: Tensor, indices: list[int], failures: dict[int, str]) -> Tensor:
+        """The batch with each failing image replaced by the next good image of its class (``skip_corrupt``), or a
+        :class:`CorruptImageError` naming the first failing file."""
+        folder = self.dataset
+        for position, reason in sorted(failures.items()):
+            path = folder.paths[indices[position]]
+            if not folder.skip_corrupt:
+                raise CorruptImageError(path, reason)
+            if path not in folder.corrupt:
+                folder.corrupt[path] = reason
+                print(f"warning: skipped {path}, which does not decode ({reason}); {len(folder.corrupt)} corrupt "
+                      f"file{'s' if len(folder.corrupt) > 1 else ''} skipped so far (data.skip_corrupt=true)",
+                      file=sys.stderr)
+            images[position] = _next_good_image(folder, indices[position]).to(images.device)
+        return images
 
 
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -172,8 +194,27 @@ class _ShardBatches:
         return len(self.loader) - self.loader.start_batch
 
 
+def _next_good_image(folder: ImageFolderDataset, index: int) -> Tensor:
+    """The decoded image of the first file of ``index``'s class after it (in the data set's order) that decodes."""
+    label = folder.labels[index]
+    same_class = (folder.labels == label).nonzero().flatten().tolist()
+    start = same_class.index(index)
+    for other in same_class[start + 1:] + same_class[:start]:
+        if folder.paths[other] not in folder.corrupt:
+            try:
+                return folder[other][0]
+            except CorruptImageError as error:
+                folder.corrupt[error.path] = error.reason
+    raise DatasetError(f"no file of class {folder.classes[int(label)]!r} decodes (e.g. {folder.paths[index]}); "
+                       "data.skip_corrupt needs at least one good image per class")
+
+
 class _FolderItems(torch.utils.data.Dataset):
-    """Worker-side view of a folder: decoded images on CPU, or encoded bytes for GPU decoding."""
+    """Worker-side view of a folder: decoded images on CPU, or encoded bytes for GPU decoding.
+
+    An item is ``(image or bytes, label, index, reason)``: ``reason`` is None, or why the file could not be read or
+    decoded (its image then black), so that the main process, not a worker, reports it or skips it.
+    """
 
     def __init__(self, folder: ImageFolderDataset, decode: bool) -> None:
         self.folder, self.decode = folder, decode
@@ -181,17 +222,30 @@ class _FolderItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.folder)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.folder[index] if self.decode else (self.folder.read_encoded(index), int(self.folder.labels[index]))
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int, str | None]:
+        label = int(self.folder.labels[index])
+        try:
+            data = self.folder.read_encoded(index)
+        except OSError as error:
+            size = self.folder.image_size
+            blank = torch.zeros((3, size, size) if self.decode else (0,), dtype=torch.uint8)
+            return blank, label, index, decoder_reason(error)
+        if not self.decode:
+            return data, label, index, None
+        images, failures = self.folder.decode_checked([data])
+        return images[0], label, index, failures.get(0)
 
 
-def _collate(items: list[tuple[Tensor, int]], decode: bool, image_size: int):
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+def _collate(items: list[tuple[Tensor, int, int, str | None]], decode: bool, image_size: int):
+    """``(images, labels, indices, failures)``: ``failures`` maps a position in the batch to its reason."""
+    labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
+    indices = [item[2] for item in items]
+    failures = {position: item[3] for position, item in enumerate(items) if item[3] is not None}
     if not decode:
-        return [image for image, _ in items], labels
+        return [item[0] for item in items], labels, indices, failures
     if not items:
-        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), labels
-    return torch.stack([image for image, _ in items]), labels
+        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), labels, indices, failures
+    return torch.stack([item[0] for item in items]), labels, indices, failures
 
 
 def _folder_loader(folder: ImageFolderDataset, loader: BatchLoader, workers: int, device: torch.device,

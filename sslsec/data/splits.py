@@ -90,7 +90,7 @@ def load_splits(config: Config) -> Splits:
 def _load(config: Config, split: str) -> Any:
     data = config.data
     return load_dataset(data.name, data.root, split, download=data.download, image_size=data.image_size,
-                        class_list=data.class_list)
+                        class_list=data.class_list, skip_corrupt=data.skip_corrupt)
 
 
 def _train_and_val(config: Config) -> Tuple[Any, Optional[Any]]:

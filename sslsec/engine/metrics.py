@@ -1,6 +1,8 @@
 """Training metrics: windowed step averages into ``metrics.jsonl`` and accelerate's trackers.
 
-metrics.jsonl holds three kinds of rows, each with ``step`` and ``epoch``: step averages (``total``, ``lr``, ...),
+metrics.jsonl holds three kinds of rows, each with ``step`` and ``epoch`` (1-based: ``"epoch": 1`` is the first):
+step averages (``total``, ``lr``, ..., over the ``steps`` optimizer steps up to ``step``: ``trainer.log_every``, or
+fewer for the last interval of an epoch or of a stopped run),
 the kNN monitor (``knn_top1``), and at the start of every invocation of a run, fresh or resumed, the precision it
 trains in (``mixed_precision``, ``precision_reason``). Readers pick rows by key.
 """
@@ -20,8 +22,9 @@ from accelerate import Accelerator
 class MetricsLog:
     """Averages step metrics over a window and writes them to metrics.jsonl and the trackers."""
 
-    def __init__(self, accelerator: Accelerator, path: Path, seconds_before: float = 0.0) -> None:
+    def __init__(self, accelerator: Accelerator, path: Path, seconds_before: float = 0.0, step: int = 0) -> None:
         self.accelerator, self.path = accelerator, path
+        self.last_step = step  # the optimizer step the window starts after
         self.sums: Dict[str, torch.Tensor] = {}
         self.count = 0
         self.images = 0
@@ -38,17 +41,21 @@ class MetricsLog:
         self.count += 1
         self.images += images
 
-    def flush(self, step: int, epoch: int, **values: float) -> Dict[str, float]:
-        """Reduce the window over processes and write it with ``values`` (lr, ...); returns the logged row."""
+    def flush(self, step: int, epoch: int, **values: float) -> Optional[Dict[str, float]]:
+        """Reduce the window (the steps after the last row, up to ``step``) over processes and write it with
+        ``values`` (lr, ...); returns the logged row, or None (nothing written) when the window is empty."""
+        if self.count == 0:  # the same on every process: they all take the same steps
+            return None
         keys = sorted(self.sums)
         means = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
         means = self.accelerator.reduce(means, reduction="mean")
         elapsed = time.perf_counter() - self.started
-        row = {"step": step, "epoch": epoch, **dict(zip(keys, means.tolist())), **values,
+        row = {"step": step, "epoch": epoch, "steps": step - self.last_step, **dict(zip(keys, means.tolist())), **values,
                "time": round(self.elapsed(), 3),
                "images_per_s": self.images * self.accelerator.num_processes / max(elapsed, 1e-9)}
         self.write(row, step)
         self.sums, self.count, self.images, self.started = {}, 0, 0, time.perf_counter()
+        self.last_step = step
         return row
 
     def write(self, row: Dict[str, float], step: int) -> None:

@@ -34,7 +34,7 @@ from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.losses import SECLossOutput
 from sslsec.methods import build_augment, build_method, view_size
 from sslsec.models import save_backbone, save_module
-from sslsec.runs import RunPaths
+from sslsec.runs import RunPaths, resume_command
 
 MONITOR_NAMES = {"knn_top1": "kNN top-1", "recall_at_1": "Recall@1", "map_at_r": "MAP@R"}
 
@@ -96,7 +96,7 @@ class NonFiniteWatch:
         latest = checkpoints.latest() if checkpoints is not None else None
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise TrainingError(
-            f"non-finite loss at step {step} (epoch {step // steps_per_epoch}); {kept}. "
+            f"non-finite loss at step {step} (epoch {step // steps_per_epoch + 1}); {kept}. "
             "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 or no instead of fp16."
         )
 
@@ -166,7 +166,7 @@ def pretrain(config: Config) -> Path:
     loader = BatchLoader(
         train, micro_batch, shuffle=True, drop_last=True, seed=config.trainer.seed,
         rank=accelerator.process_index, world_size=accelerator.num_processes,
-        device=accelerator.device, images_per_class=model.images_per_class,
+        device=accelerator.device, images_per_class=model.images_per_class, num_workers=config.data.num_workers,
     )
     accumulation = config.trainer.gradient_accumulation_steps
     steps_per_epoch = len(loader) // accumulation
@@ -198,10 +198,11 @@ def pretrain(config: Config) -> Path:
         accelerator.load_state(str(resume_from))
         if accelerator.is_main_process:
             truncate_metrics(paths.metrics, progress.step)  # the steps after the checkpoint are logged again
-        accelerator.print(f"resumed from {resume_from} at epoch {progress.epoch}, step {progress.step}")
+        accelerator.print(f"resumed from {resume_from} at step {progress.step}, in epoch {progress.epoch + 1} of "
+                          f"{config.trainer.epochs}")  # 1-based, as the rows of metrics.jsonl
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight,
                                                 "mixed_precision": accelerator.mixed_precision})
-    log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds)
+    log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds, step=progress.step)
     # Per invocation: a run resumed on another machine may train on in another precision under "auto".
     log.note({"step": progress.step, "epoch": progress.epoch + 1, "mixed_precision": accelerator.mixed_precision,
               "precision_reason": accelerator.precision_reason})
@@ -231,21 +232,21 @@ def pretrain(config: Config) -> Path:
                     bar.update(1)
                     if progress.step % config.trainer.log_every == 0:
                         watch.check(steps_per_epoch, checkpoints)
-                        row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                                        sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
+                        row = _flush(log, progress, scheduler, config, core)
                         bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                     every = config.trainer.checkpoint_every_steps
                     if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
                         _checked_save(watch, checkpoints, progress, log, steps_per_epoch)  # epoch ends: below
                     limit = config.trainer.max_steps and progress.step >= config.trainer.max_steps
                     if limit or stop.requested(progress.step, config.trainer.log_every):
+                        _flush(log, progress, scheduler, config, core)
                         saved = _checked_save(watch, checkpoints, progress, log, steps_per_epoch)
                         bar.close()
-                        accelerator.print(f"stopped at trainer.max_steps={config.trainer.max_steps}" if limit else
-                                          f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {saved}. "
-                                          "Resume with the same command and resume=true")
+                        accelerator.print(_stop_message(config, accelerator, progress, saved,
+                                                        None if limit else stop.signal_name))
                         finish_trackers(accelerator)
                         return output_dir
+            _flush(log, progress, scheduler, config, core)  # the epoch's last, partial log interval
             progress.epoch, progress.batch = progress.epoch + 1, 0
             watch.check(steps_per_epoch, checkpoints)  # before the epoch's kNN monitor and checkpoint
             _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
@@ -256,6 +257,27 @@ def pretrain(config: Config) -> Path:
         return output_dir
     finally:
         stop.restore()  # the caller's own signal handlers are back after the run, whatever happened
+
+
+def _flush(log: MetricsLog, progress: Progress, scheduler, config: Config, core: nn.Module) -> Optional[dict]:
+    """Write the steps logged since the last row (a whole ``trainer.log_every`` interval, or the partial one an
+    epoch or a stop ends with) as one metrics.jsonl row; None when there are none."""
+    return log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
+                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
+
+
+def _stop_message(config: Config, accelerator, progress: Progress, saved: Path, signal_name: Optional[str]) -> str:
+    """Where the run stopped and the command that continues it (with the launcher, when several processes)."""
+    where = f"at step {progress.step}, in epoch {progress.epoch + 1} of {config.trainer.epochs}; checkpoint {saved}"
+    if signal_name is None:
+        why, changes = f"stopped at trainer.max_steps={config.trainer.max_steps}", {"trainer.max_steps": None}
+    else:
+        why, changes = f"stopped by {signal_name}", {}
+    command = resume_command(config, changes=changes)
+    if accelerator.num_processes > 1:
+        return f"{why} {where}. To resume, start it again with your launcher ({accelerator.num_processes} " \
+               f"processes) and: {command}"
+    return f"{why} {where}. To resume: {command}"
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ def test_identical_views_give_positive_cosine_one_and_summary_matches():
 
 def test_diagnose_cli_writes_histograms_and_json(run_dir, capsys):
     diagnose_main(["--run", str(run_dir), "--n", "64"])
-    result = json.loads((run_dir / "diagnostics.json").read_text())
+    result = json.loads((run_dir / "diagnostics_seed0.json").read_text())
+    assert result["histograms"] == ["projection_norms_seed0.png", "pair_cosines_seed0.png"]
     for name in result["histograms"]:
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["n_images"] == 64 and result["norm_mean"] > 0 and result["method"] == "simclr"
@@ -44,6 +45,10 @@ def test_diagnose_cli_writes_histograms_and_json(run_dir, capsys):
     expected = summarize(projection_samples(backbone, head, test, build_augment(config, test), 64, seed=0))
     assert result["positive_cosine_mean"] == pytest.approx(expected["positive_cosine_mean"], abs=1e-6)
     assert result["norm_mean"] == pytest.approx(expected["norm_mean"], rel=1e-6)
+    seed0 = {name: (run_dir / name).read_bytes() for name in ["diagnostics_seed0.json", *result["histograms"]]}
     diagnose_main(["--run", str(run_dir), "--n", "64", "trainer.seed=1"])
-    reseeded = json.loads((run_dir / "diagnostics.json").read_text())
+    reseeded = json.loads((run_dir / "diagnostics_seed1.json").read_text())
     assert reseeded["seed"] == 1 and reseeded["positive_cosine_mean"] != result["positive_cosine_mean"]
+    assert all((run_dir / name).is_file() for name in reseeded["histograms"])
+    # seed 1 wrote beside seed 0, not over it
+    assert {name: (run_dir / name).read_bytes() for name in seed0} == seed0
