@@ -234,6 +234,9 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
+        from sslsec.runs import finished_run
+
+        finished_run(args.run)  # before the imports of the work: a wrong path is a one-second error
         from sslsec.analysis.diagnostics import diagnose_run
 
         result = diagnose_run(args.run, args.overrides, n=args.n)
@@ -312,6 +315,7 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parse(parser, argv)
     variants = _names(args.variants)
     with _exit_on_user_error(parser.prog, "finished runs are kept, and a rerun resumes the others"):
+        load_config(args.config, args.overrides)  # a typo in a key: one line before the study's imports
         from accelerate import PartialState
 
         from sslsec.analysis.study import run_study, summarize_study
@@ -344,6 +348,7 @@ def metric_study_main(argv: Optional[Sequence[str]] = None) -> None:
                             f"{','.join(map(str, weights))}); an empty string keeps the config's")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog, "finished runs are kept, and a rerun resumes the others"):
+        load_config(args.config, args.overrides)  # a typo in a key: one line before the study's imports
         from accelerate import PartialState
 
         from sslsec.analysis.metric_study import run_metric_study, summarize_metric_study

@@ -62,19 +62,25 @@ def resume_command(config: Config, resume: str = "true", run_dir: Optional[Union
     return shlex.join(["sslsec-pretrain", "--config", str(paths.config), *overrides, f"resume={resume}"])
 
 
-def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:
-    """The config (``config.yaml`` with ``key=value`` overrides) and trained backbone of a pretraining run."""
+def finished_run(run_dir: Union[str, Path]) -> RunPaths:
+    """The files of the finished pretraining run ``run_dir``; a :class:`RunError` that says what is missing and,
+    for an unfinished run, the command that finishes it."""
     paths = RunPaths(run_dir)
     if not paths.root.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
     if not paths.config.is_file():
         raise RunError(f"{paths.config} is missing: is {run_dir} a pretraining run directory (its output_dir)?")
-    config = load_config(paths.config, overrides)
     if not paths.finished():
         # resume=auto: also right for a run that stopped before its first checkpoint (it starts again)
         raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; finish the run with: "
                        f"{resume_command(load_config(paths.config), 'auto', run_dir=paths.root)}")
-    return config, load_saved_backbone(paths.backbone)
+    return paths
+
+
+def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:
+    """The config (``config.yaml`` with ``key=value`` overrides) and trained backbone of a pretraining run."""
+    paths = finished_run(run_dir)
+    return load_config(paths.config, overrides), load_saved_backbone(paths.backbone)
 
 
 def load_saved_backbone(path: Union[str, Path]) -> nn.Module:

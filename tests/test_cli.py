@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sslsec.cli import diagnose_main, linear_probe_main, pretrain_main, study_main
-from tests.fixtures import write_run
+from tests.fixtures import write_jpeg_folder, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,3 +120,66 @@ def test_training_benchmark_runs_the_three_loops_and_prints_their_ratios(npz_roo
     assert [name for name, _ in speeds] == ["a", "b", "c"] and all(int(value) > 0 for _, value in speeds)
     assert "step time of (b) over (a)" in process.stdout and "speed of (b) over (c)" in process.stdout
     assert re.search(r"^CPU: .+, (native bf16|no native bf16 \(bf16 emulated)", process.stdout, flags=re.MULTILINE)
+
+
+def _folder_run(root, output_dir, *extra):
+    """sslsec-pretrain's arguments for one step over every image of a JPEG folder (3 + 1 files in class a, 4 in b)."""
+    return ["data.name=imagenet_folder", f"data.root={root}", "data.image_size=16", "model.backbone=small_cnn",
+            "model.projection_hidden_dim=16", "model.projection_dim=8", "trainer.batch_size=8", "trainer.epochs=2",
+            "trainer.eval_every=0", "trainer.log_every=1", "trainer.mixed_precision=no", "optim.warmup_epochs=0",
+            f"output_dir={output_dir}", *extra]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_is_one_line_naming_it_and_leaves_nothing_or_is_skipped(tmp_path, capfd, workers):
+    write_jpeg_folder(tmp_path / "data", {"a": 3, "b": 4})
+    bad = tmp_path / "data" / "train" / "a" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 cut short")  # a JPEG header, then nothing
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main(_folder_run(tmp_path / "data", tmp_path / "run", f"data.num_workers={workers}"))
+    # file descriptor 2, the DataLoader workers' output too, as a terminal shows it: the progress bar is cleared
+    err = capfd.readouterr().err.rsplit("\r", 1)[-1]
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"sslsec-pretrain: error: cannot decode {bad}: ") and "data.skip_corrupt=true" in err
+    assert not (tmp_path / "run").exists()  # config.yaml and metrics.jsonl were written, then removed
+
+    pretrain_main(_folder_run(tmp_path / "data", tmp_path / "skip", f"data.num_workers={workers}",
+                              "data.skip_corrupt=true"))
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]  # \r splits too
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "1 corrupt file skipped so far" in warnings[0]
+    assert (tmp_path / "skip" / "backbone.safetensors").is_file()
+
+
+def test_ctrl_c_in_an_evaluation_is_one_line_and_exit_130(run_dir, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sslsec.eval.evaluate_backbone", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        linear_probe_main(["--run", str(run_dir)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and err == "sslsec-linear-probe: stopped by Ctrl-C; nothing was written\n"
+    assert not (run_dir / "linear_probe.json").exists()
+
+
+HEAVY_MODULES = ("torch", "torchvision", "kornia", "lightly", "accelerate", "matplotlib", "pytorch_metric_learning")
+
+
+def test_help_and_command_line_errors_import_none_of_the_heavy_modules():
+    """What makes start-up slow (about 10 s of imports) is imported where it is used, not by --help or a typo."""
+    code = ("import sys\n"
+            "from sslsec import cli\n"
+            "for main in (cli.pretrain_main, cli.linear_probe_main, cli.retrieval_main, cli.diagnose_main,\n"
+            "             cli.study_main, cli.metric_study_main):\n"
+            "    for argv in (['--help'], ['loss.sec_wieght=1'], ['--run', '/nonexistent']):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip().splitlines()[-1] == "[]"
+    assert "unknown key loss.sec_wieght" in process.stderr and "run directory /nonexistent does not exist" in process.stderr
+    import sslsec  # the public API still answers at the top level, loaded on first use
+    assert sslsec.WithSEC.__module__ == "sslsec.losses" and "WithSEC" in dir(sslsec)

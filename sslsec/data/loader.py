@@ -22,6 +22,7 @@ import sys
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from sslsec.data.datasets import CorruptImageError, DatasetError, ImageArrays, ImageFolderDataset, decoder_reason
 
@@ -167,9 +168,10 @@ class BatchLoader:
                 raise CorruptImageError(path, reason)
             if path not in folder.corrupt:
                 folder.corrupt[path] = reason
-                print(f"warning: skipped {path}, which does not decode ({reason}); {len(folder.corrupt)} corrupt "
-                      f"file{'s' if len(folder.corrupt) > 1 else ''} skipped so far (data.skip_corrupt=true)",
-                      file=sys.stderr)
+                # tqdm's write: on a line of its own above a progress bar (the trainer's), as plain print elsewhere
+                tqdm.write(f"warning: skipped {path}, which does not decode ({reason}); {len(folder.corrupt)} corrupt "
+                           f"file{'s' if len(folder.corrupt) > 1 else ''} skipped so far (data.skip_corrupt=true)",
+                           file=sys.stderr)
             images[position] = _next_good_image(folder, indices[position]).to(images.device)
         return images
 

@@ -207,11 +207,11 @@ def pretrain(config: Config) -> Path:
     log.note({"step": progress.step, "epoch": progress.epoch + 1, "mixed_precision": accelerator.mixed_precision,
               "precision_reason": accelerator.precision_reason})
     stop = StopRequest(accelerator)
+    bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     try:
         core = accelerator.unwrap_model(model)
         core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
-        bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain",
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
         while progress.epoch < config.trainer.epochs:
             loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
@@ -255,7 +255,11 @@ def pretrain(config: Config) -> Path:
         _save_final(accelerator, core, config, train.channels, output_dir)
         finish_trackers(accelerator)
         return output_dir
+    except BaseException:
+        bar.leave = False  # cleared: the error is the line the user reads
+        raise
     finally:
+        bar.close()
         stop.restore()  # the caller's own signal handlers are back after the run, whatever happened
 
 

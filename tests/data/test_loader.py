@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sslsec.data import BatchLoader, ImageArrays, load_dataset
+from sslsec.data import BatchLoader, CorruptImageError, ImageArrays, load_dataset
 from tests.fixtures import write_jpeg_folder
 
 
@@ -115,3 +115,32 @@ def test_class_balanced_batches_are_seeded_and_split_whole_classes_over_ranks():
         BatchLoader(data, 6, shuffle=True, drop_last=True, images_per_class=4)
     with pytest.raises(ValueError, match="the data has 8"):
         BatchLoader(classed_dataset([20] * 8), 36, shuffle=True, drop_last=True, images_per_class=4).shard_indices(0)
+
+
+@pytest.mark.parametrize("workers, decode_on_device", [(0, False), (2, False), (2, True)])
+def test_a_corrupt_file_is_named_in_the_main_process_or_skipped_once_with_a_warning(tmp_path, capfd, workers,
+                                                                                   decode_on_device):
+    write_jpeg_folder(tmp_path, {"a": 3, "b": 4}, split_folders=("train",))
+    bad = tmp_path / "train" / "a" / "bad.jpg"  # sorts last in class a
+    bad.write_bytes(b"not a JPEG at all")
+    strict = load_dataset("imagenet_folder", tmp_path, image_size=16)
+    loader = BatchLoader(strict, 4, shuffle=True, drop_last=False, num_workers=workers,
+                         decode_on_device=decode_on_device)
+    with pytest.raises(CorruptImageError) as error:
+        list(loader)
+    assert error.value.path == str(bad) and ": Unsupported image file;" in str(error.value)
+    assert "data.skip_corrupt=true" in str(error.value) and "\n" not in str(error.value)
+
+    skipping = load_dataset("imagenet_folder", tmp_path, image_size=16, skip_corrupt=True)
+    loader = BatchLoader(skipping, 4, shuffle=True, drop_last=False, num_workers=workers,
+                         decode_on_device=decode_on_device)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert [len(labels) for _, labels in batches] == [4, 4]  # the bad file's place is taken, not dropped
+        images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        assert ((images[:, 0, 8, 8].int() - 20 * labels).abs() <= 3).all()  # by an image of its own class
+        assert sorted(labels.tolist()) == [0] * 4 + [1] * 4
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "1 corrupt file skipped" in warnings[0]
+    assert skipping.corrupt == {str(bad): "Unsupported image file"}

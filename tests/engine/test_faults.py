@@ -4,6 +4,7 @@ changed recipe on resume. The training runs are real subprocesses of scripts/pre
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -82,8 +83,10 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_0_saying_how_to_resume(n
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]
-    assert "stopped by SIGTERM at step" in out and "resume=true" in out
-    step = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert "stopped by SIGTERM at step" in out and "To resume: sslsec-pretrain --config " in out
+    step = int(out.split("stopped by SIGTERM at step ")[1].split(",")[0])
+    command = shlex.split(out.split("To resume: ")[1].splitlines()[0])
+    assert command[1:3] == ["--config", str(run_dir / "config.yaml")] and command[-1] == "resume=true"
     assert (run_dir / "checkpoints" / f"step_{step:08d}").is_dir()
     assert not (run_dir / "backbone.safetensors").exists()
     assert _steps(run_dir)[-1] == step

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,31 @@ def test_knn_monitor_scores_center_crops_or_whole_images_of_views_trained_smalle
     pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=1", "data.crop_size=12",
                                           f"eval.center_crop={str(center_crop).lower()}")))
     assert seen == [scored_at]
+
+
+def test_a_run_shorter_than_log_every_logs_its_loss_once_per_epoch(npz_root, tmp_path):
+    run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.batch_size=16",
+                                                "data.train_limit=80", "trainer.log_every=20", "trainer.epochs=1",
+                                                "trainer.eval_every=0")))  # 80 / 16: 5 steps in all
+    steps, _ = _metrics(run)
+    assert [(row["step"], row["epoch"], row["steps"]) for row in steps] == [(5, 1, 5)]
+    assert math.isfinite(steps[0]["total"]) and steps[0]["images_per_s"] > 0
+
+
+def test_a_stop_logs_its_partial_interval_and_prints_the_command_that_resumes_it(npz_root, tmp_path, capsys):
+    from sslsec.cli import pretrain_main
+
+    run_dir = tmp_path / "run"
+    pretrain(load_config(None, _overrides(npz_root, run_dir, "trainer.batch_size=16", "data.train_limit=80",
+                                          "trainer.log_every=20", "trainer.eval_every=0", "trainer.max_steps=3")))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("stopped at"))
+    assert line.startswith("stopped at trainer.max_steps=3 at step 3, in epoch 1 of 2; checkpoint ")
+    command = shlex.split(line.split("To resume: ")[1])
+    assert command[:3] == ["sslsec-pretrain", "--config", str(run_dir / "config.yaml")]
+    assert command[3:] == ["trainer.max_steps=null", "resume=true"]
+
+    pretrain_main(command[1:])  # the printed command, as the console script parses it
+    assert "at step 3, in epoch 1 of 2" in capsys.readouterr().out  # the resume line, 1-based as the rows
+    assert (run_dir / "backbone.safetensors").is_file()
+    steps, _ = _metrics(run_dir)  # the stop's partial interval, then the rest of epoch 1, then epoch 2
+    assert [(row["step"], row["epoch"], row["steps"]) for row in steps] == [(3, 1, 3), (5, 1, 2), (10, 2, 5)]
