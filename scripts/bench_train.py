@@ -59,6 +59,11 @@ def _timed(run_steps, steps: int, batch_size: int, device) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def _progress(message: str) -> None:
+    """A line on stderr while measuring, so stdout keeps only the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     """Parse, then measure; Ctrl-C or a user error stops it with one line (exit code 130 or 2), as the sslsec
     commands."""
@@ -102,6 +107,11 @@ def measure(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision, cpu=args.device == "cpu")
     device, batch_size = accelerator.device, config.trainer.batch_size
+    print(f"{args.config}: {config.method}, {config.model.backbone}, batch {batch_size}, "
+          f"{accelerator.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
+          f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats, "
+          f"torch {torch.__version__}")
+    print(f"CPU: {cpu_description()}; precision: {accelerator.precision_reason}", flush=True)
     dataset = load_split(config, "train")
     needed = (args.steps + 2) * batch_size
     dataset = dataset.subset(torch.arange(min(needed, len(dataset))))
@@ -144,19 +154,19 @@ def measure(args: argparse.Namespace) -> None:
     names = ("(a) model only, pre-made views", "(b) sslsec step: uint8 -> kornia views -> step",
              f"(c) lightly-style: PIL + DataLoader({args.workers} workers)")
     runs = (model_only, sslsec_step, lightly_style)
-    for run in runs:  # warm-up: allocator, autocast caches, worker start-up
+    start = time.perf_counter()
+    for name, run in zip(names, runs):  # warm-up: allocator, autocast caches, worker start-up
         run()
+        _progress(f"warm-up {name[:3]} done ({time.perf_counter() - start:.0f} s)")
     speeds = [[] for _ in runs]
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for run, measured in zip(runs, speeds):
             measured.append(_timed(run, args.steps, batch_size, device))
+        _progress(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
+            f"{name[:3]} {measured[-1]:.0f}" for name, measured in zip(names, speeds))
+            + f" img/s ({time.perf_counter() - start:.0f} s)")
     medians = [statistics.median(measured) for measured in speeds]
 
-    print(f"{args.config}: {config.method}, {config.model.backbone}, batch {batch_size}, "
-          f"{accelerator.mixed_precision} precision, channels_last={config.trainer.channels_last}, "
-          f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats, "
-          f"torch {torch.__version__}")
-    print(f"CPU: {cpu_description()}; precision: {accelerator.precision_reason}")
     for name, median, measured in zip(names, medians, speeds):
         print(f"{name:<50}: {median:7.0f} img/s [{', '.join(f'{v:.0f}' for v in measured)}]")
     print(f"step time of (b) over (a): {medians[0] / medians[1]:.2f}x   (the data path's cost)")

@@ -59,6 +59,16 @@ def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[Non
         yield
 
 
+def _is_size(size: object) -> bool:
+    """An int, or a pair of ints (not a mean/std tuple of floats passed where the size goes)."""
+    if isinstance(size, bool):
+        return False
+    if isinstance(size, int):
+        return True
+    return (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in size))
+
+
 def _pair(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -243,19 +253,24 @@ class ProbeAugment(AugmentPipeline):
 class EvalTransform(AugmentPipeline):
     """Deterministic evaluation transform: optional resize (shorter side) + center crop to ``size``, normalize.
 
-    ``size=None`` keeps the input size (e.g. 32 px CIFAR). ``size=224, resize=256`` is the ImageNet protocol:
-    resize the shorter side to 256, then crop the center 224 x 224; ``resize`` defaults to ``size``.
+    ``size`` comes first, as in the other presets. ``size=None`` keeps the input size (e.g. 32 px CIFAR).
+    ``size=224, resize=256`` is the ImageNet protocol: resize the shorter side to 256, then crop the center
+    224 x 224; ``resize`` defaults to ``size``.
     """
 
     def __init__(
         self,
+        size: Size | None,
         mean: Sequence[float],
         std: Sequence[float],
-        size: Size | None = None,
+        *,
+        resize: int | None = None,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
-        resize: int | None = None,
     ) -> None:
+        if size is not None and not _is_size(size):
+            raise ValueError(f"size must be None, an int or a pair of ints, got {size!r}; the signature is "
+                             "EvalTransform(size, mean, std), e.g. EvalTransform(None, mean, std) to keep the size")
         transforms: list[nn.Module] = []
         if size is not None:
             short_side = resize or min(_pair(size))

@@ -1,9 +1,11 @@
 """Behaviour of the kornia augmentation presets: shapes, statistics of each op, seeding, boundary errors."""
 
+import inspect
+
 import pytest
 import torch
 
-from sslsec.augment import EvalTransform, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment
+from sslsec.augment import EvalTransform, MetricAugment, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -154,20 +156,33 @@ def test_blur_smooths_when_on():
 
 def test_eval_transform_is_deterministic_normalization_with_optional_resize_and_center_crop():
     images = random_images(size=40)
-    plain = EvalTransform(MEAN, STD)
+    plain = EvalTransform(None, MEAN, STD)
     expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(plain(images), expected)
-    resized = EvalTransform(MEAN, STD, size=32)
+    resized = EvalTransform(32, MEAN, STD)
     assert resized(images).shape == (16, 3, 32, 32) and torch.equal(resized(images), resized(images))
     wide = torch.zeros(2, 3, 32, 64, dtype=torch.uint8)
     wide[..., 16:48] = 255  # after the 32 px center crop only the bright middle is left
-    assert torch.allclose(EvalTransform(**IDENTITY, size=32)(wide), torch.ones(2, 3, 32, 32), atol=1e-3)
+    assert torch.allclose(EvalTransform(32, **IDENTITY)(wide), torch.ones(2, 3, 32, 32), atol=1e-3)
 
 
 def test_eval_transform_resize_256_crop_224_protocol_keeps_the_center_at_full_resolution():
     stored = random_images(n=2, size=64)  # stored at 64 (think 256), trained on 48 px crops (think 224)
-    center = EvalTransform(**IDENTITY, size=48, resize=64)(stored)
+    center = EvalTransform(48, **IDENTITY, resize=64)(stored)
     torch.testing.assert_close(center, stored[..., 8:56, 8:56].float() / 255, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("preset", [SimCLRAugment, MoCoV2Augment, MetricAugment, ProbeAugment, EvalTransform])
+def test_every_preset_takes_size_then_mean_and_std(preset):
+    images = random_images(n=4, size=24)
+    assert list(inspect.signature(preset).parameters)[:3] == ["size", "mean", "std"]
+    assert preset(16, mean=MEAN, std=STD)(images, seed=0).shape == (4, 3, 16, 16)
+    assert preset(16, MEAN, STD)(images, seed=0).shape == (4, 3, 16, 16)
+
+
+def test_eval_transform_given_mean_where_the_size_goes_names_the_signature():
+    with pytest.raises(ValueError, match=r"EvalTransform\(size, mean, std\)"):
+        EvalTransform(MEAN, STD, (1.0, 1.0, 1.0))
 
 
 def test_probe_augment_crops_and_flips_but_keeps_colours():

@@ -120,6 +120,8 @@ def test_training_benchmark_runs_the_three_loops_and_prints_their_ratios(npz_roo
     assert [name for name, _ in speeds] == ["a", "b", "c"] and all(int(value) > 0 for _, value in speeds)
     assert "step time of (b) over (a)" in process.stdout and "speed of (b) over (c)" in process.stdout
     assert re.search(r"^CPU: .+, (native bf16|no native bf16 \(bf16 emulated)", process.stdout, flags=re.MULTILINE)
+    assert "warm-up (c) done" in process.stderr  # progress while it measures, on stderr
+    assert re.search(r"^repeat 1/1: \(a\) \d+, \(b\) \d+, \(c\) \d+ img/s", process.stderr, flags=re.MULTILINE)
 
 
 def _folder_run(root, output_dir, *extra):

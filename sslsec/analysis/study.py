@@ -207,15 +207,22 @@ def _run_one(config: Config, variant: str, run_dir: Path, diagnostics_n: int, ac
     scores = scorer(config.method).score(config, run_dir, backbone, splits, accelerator, diagnostics_n)
     if accelerator.is_main_process:
         row = {"variant": variant, "seed": config.trainer.seed, "run_dir": str(run_dir), "method": config.method,
-               "dataset": splits[2].name, "sec_weight": config.loss.sec_weight,
-               "sec_schedule": config.loss.sec_schedule, "sec_momentum": config.loss.sec_momentum,
-               "norm_penalty_weight": config.loss.norm_penalty_weight, **scores,
+               "dataset": splits[2].name, **loss_settings(config.loss), **scores,
                **monitor_per_epoch(run_dir), "seconds": time.perf_counter() - start,
                "eval": dataclasses.asdict(config.eval)}
         partial = run_dir / f".{ROW_FILE}.tmp"
         partial.write_text(json.dumps(row, indent=2) + "\n")
         os.replace(partial, run_dir / ROW_FILE)  # the row appears complete or not at all
     accelerator.wait_for_everyone()
+
+
+def loss_settings(loss: LossConfig) -> Dict[str, Any]:
+    """A run's regularizer settings as its study row records them: ``sec_weight``, ``sec_schedule``,
+    ``sec_momentum``, ``norm_penalty_weight``; ``sec_schedule`` is None when neither SEC nor the L2 penalty is on,
+    since a schedule of nothing means nothing."""
+    regularized = bool(loss.sec_weight or loss.norm_penalty_weight)
+    return {"sec_weight": loss.sec_weight, "sec_schedule": loss.sec_schedule if regularized else None,
+            "sec_momentum": loss.sec_momentum, "norm_penalty_weight": loss.norm_penalty_weight}
 
 
 def monitor_per_epoch(run_dir: Union[str, Path]) -> Dict[str, Any]:
@@ -257,7 +264,7 @@ def summarize_study(rows: Sequence[Dict[str, Any]]) -> str:
              "|---|---:|---|---:|" + "---:|" * len(metrics)]
     for variant, group in groups.items():
         cells = [mean_std([row[key] for row in group], digits) for key, _, digits in metrics]
-        lines.append(f"| {variant} | {weight_cell(group[0])} | {group[0].get('sec_schedule', 'constant')} | "
+        lines.append(f"| {variant} | {weight_cell(group[0])} | {schedule_cell(group[0])} | "
                      f"{len(group)} | {' | '.join(cells)} |")
     curves = {variant: curve_by_epoch(group) for variant, group in groups.items()}
     lines += ["", f"{MONITORS[_monitor(first)].title} during training, mean over seeds:", "",
@@ -274,6 +281,14 @@ def weight_cell(row: Dict[str, Any]) -> str:
         return f"L2 {row['norm_penalty_weight']:g}"
     ema = f", EMA {row['sec_momentum']:g}" if row.get("sec_momentum") is not None else ""
     return f"{row['sec_weight']:g}{ema}"
+
+
+def schedule_cell(row: Dict[str, Any]) -> str:
+    """A row's weight schedule, ``linear`` or ``constant``; ``-`` for a run without SEC or the L2 penalty (rows
+    written before :func:`loss_settings` still name a schedule there)."""
+    if not (row.get("sec_weight") or row.get("norm_penalty_weight")):
+        return "-"
+    return row.get("sec_schedule") or "constant"  # rows from before schedules existed ran constant
 
 
 def by_variant(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
@@ -306,7 +321,9 @@ def curve_by_epoch(group: Sequence[Dict[str, Any]]) -> Dict[int, List[float]]:
 
 def plot_curves(axes: Any, rows: Sequence[Dict[str, Any]], variants: Optional[Sequence[str]] = None) -> None:
     """Draw the monitor per epoch of each variant of ``rows`` (all, or ``variants``) on matplotlib ``axes``: the
-    mean over seeds as a line, their min-max as a band."""
+    mean over seeds as a line, their min-max as a band; epochs are whole numbers on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
     for variant, group in by_variant(rows).items():
         if variants is not None and variant not in variants:
             continue
@@ -316,35 +333,62 @@ def plot_curves(axes: Any, rows: Sequence[Dict[str, Any]], variants: Optional[Se
         axes.fill_between(epochs, [min(curve[e]) for e in epochs], [max(curve[e]) for e in epochs],
                           color=line.get_color(), alpha=0.2)
     axes.set(xlabel="epoch", ylabel=MONITORS[_monitor(rows[0])].title)
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    # min_n_ticks=1: a one-epoch curve gets the tick "1", not 0.96, 0.98, ... (MaxNLocator's fallback)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.legend()
 
 
-def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
-    """Write the monitor per epoch (``study_knn.png`` or ``study_recall.png``: mean line, min-max band over seeds)
-    and, for SSL studies, ``study_norms.png`` (projection-norm histograms of each variant's first seed, side by
-    side) into ``output_dir``; returns the paths written."""
-    Figure = matplotlib_figure()
-    output_dir = Path(output_dir)
-    title, _, name = MONITORS[_monitor(rows[0])]
-    paths = [output_dir / name]
-    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+def monitor_figure(rows: Sequence[Dict[str, Any]]) -> Any:
+    """The monitor per epoch of every variant (mean line, min-max band over seeds), as a matplotlib ``Figure``."""
+    title = MONITORS[_monitor(rows[0])].title
+    figure = matplotlib_figure()(figsize=(5.5, 3.5), layout="constrained")
     axes = figure.subplots()
     plot_curves(axes, rows)
     split = {"val": " on the validation split", "test": " on the test split"}.get(rows[0].get("monitor_split"), "")
     axes.set_title(f"{title.split(' (')[0]}{split} (mean, min-max over seeds)", fontsize="medium")
-    figure.savefig(paths[0], dpi=120)
-    if NORMS_FILE not in scorer(rows[0]["method"]).files:
-        return paths
+    return figure
+
+
+def norms_figure(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path], columns: int = 3) -> Any:
+    """Histograms of the projection norms of each variant's first seed, each divided by its run's mean norm, on one
+    shared x axis and shared bins, so the spreads (what SEC shrinks) compare by eye; ``columns`` panels a row."""
     groups = by_variant(rows)
-    paths.append(output_dir / "study_norms.png")
-    figure = Figure(figsize=(3.2 * len(groups), 3), layout="constrained")
-    for axes, (variant, group) in zip(figure.subplots(1, len(groups), squeeze=False)[0], groups.items()):
-        row = group[0]  # run dirs are found under output_dir, so a moved study still plots
-        norms = load_file(str(output_dir / f"{variant}_seed{row['seed']}" / NORMS_FILE))["norms"]
-        axes.hist(norms.numpy(), bins=60, color="tab:blue")
-        axes.set(xlabel="||z|| before normalization", title=f"{variant} (seed {row['seed']}): "
-                 f"std/mean {row['norm_std_over_mean']:.3f}")
-    figure.axes[0].set_ylabel("views")
-    figure.savefig(paths[1], dpi=120)
+    norms = {}
+    for variant, group in groups.items():  # run dirs are found under output_dir, so a moved study still plots
+        values = load_file(str(Path(output_dir) / f"{variant}_seed{group[0]['seed']}" / NORMS_FILE))["norms"].double()
+        norms[variant] = (values / values.mean()).numpy()
+    low = min(float(values.min()) for values in norms.values())
+    high = max(max(float(values.max()) for values in norms.values()), low + 1e-3)
+    edges = [low + (high - low) * i / 60 for i in range(61)]
+    columns = min(columns, len(groups))
+    lines = -(-len(groups) // columns)
+    figure = matplotlib_figure()(figsize=(3.0 * columns, 0.4 + 2.4 * lines), layout="constrained")
+    grid = figure.subplots(lines, columns, squeeze=False, sharex=True, sharey=True)
+    for axes, (variant, group) in zip(grid.flat, groups.items()):
+        axes.hist(norms[variant], bins=edges, color="tab:blue")
+        axes.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        axes.set_title(f"{variant}: std/mean {group[0]['norm_std_over_mean']:.3f}", fontsize="medium")
+    for index, axes in enumerate(grid.flat):
+        if index >= len(groups):
+            axes.set_visible(False)
+        elif index + columns >= len(groups):  # nothing below it: the bottom of its column
+            axes.set_xlabel("||z|| / mean ||z||")
+            axes.xaxis.set_tick_params(labelbottom=True)
+    for axes in grid[:, 0]:
+        axes.set_ylabel("views")
+    seeds = sorted({group[0]["seed"] for group in groups.values()})
+    figure.suptitle(f"projection norms before normalization, over their mean (seed {', '.join(map(str, seeds))})",
+                    fontsize="medium")
+    return figure
+
+
+def plot_study(rows: Sequence[Dict[str, Any]], output_dir: Union[str, Path]) -> List[Path]:
+    """Write the monitor per epoch (``study_knn.png`` or ``study_recall.png``, :func:`monitor_figure`) and, for SSL
+    studies, ``study_norms.png`` (:func:`norms_figure`) into ``output_dir``; returns the paths written."""
+    output_dir = Path(output_dir)
+    paths = [output_dir / MONITORS[_monitor(rows[0])].plot]
+    monitor_figure(rows).savefig(paths[0], dpi=120)
+    if NORMS_FILE in scorer(rows[0]["method"]).files:
+        paths.append(output_dir / "study_norms.png")
+        norms_figure(rows, output_dir).savefig(paths[1], dpi=120)
     return paths

@@ -99,8 +99,8 @@ def eval_transform(dataset: Any, crop_size: Optional[int] = None) -> EvalTransfo
     ImageNet folders stored at 256 px and trained on 224 px crops are scored on the center 224 x 224 (the
     resize-256 / crop-224 protocol), not at 256."""
     if crop_size is None or crop_size >= dataset.image_size:
-        return EvalTransform(dataset.mean, dataset.std)
-    return EvalTransform(dataset.mean, dataset.std, size=crop_size, resize=dataset.image_size)
+        return EvalTransform(None, dataset.mean, dataset.std)
+    return EvalTransform(crop_size, dataset.mean, dataset.std, resize=dataset.image_size)
 
 
 def _embed(backbone: nn.Module, transform: nn.Module, images: Tensor, seed: Optional[int],

@@ -15,7 +15,7 @@ from tests.fixtures import small_cnn, template_dataset
 
 def test_identical_views_give_positive_cosine_one_and_summary_matches():
     data, backbone, head = template_dataset(5), small_cnn(), build_projection_head("moco", small_cnn().feature_dim, 64, 16)
-    samples = projection_samples(backbone, head, data, EvalTransform(data.mean, data.std), n=40, batch_size=16)
+    samples = projection_samples(backbone, head, data, EvalTransform(None, data.mean, data.std), n=40, batch_size=16)
     assert samples["norms"].shape == (80,) and samples["positive_cosines"].shape == (40,)
     assert samples["negative_cosines"].shape == (2 * 16 * 15 + 8 * 7,)
     assert torch.allclose(samples["positive_cosines"], torch.ones(40), atol=1e-5)

@@ -22,7 +22,7 @@ def test_extract_features_keeps_order_and_restores_train_mode():
     features, labels = extract_features(backbone, data, batch_size=16, progress=False)
     assert backbone.training and torch.equal(labels, data.labels)
     with torch.no_grad():
-        expected = backbone.eval()(EvalTransform(data.mean, data.std)(data.images))
+        expected = backbone.eval()(EvalTransform(None, data.mean, data.std)(data.images))
     assert features.dtype == torch.float32 and torch.allclose(features, expected, atol=1e-5)
 
 
@@ -36,7 +36,7 @@ def test_features_of_images_stored_larger_than_the_views_come_from_the_center_cr
     features, _ = extract_features(backbone, data, crop_size=size - 4, progress=False)
     with torch.no_grad():
         center = data.images[..., 2:size - 2, 2:size - 2]
-        expected = backbone.eval()(EvalTransform(data.mean, data.std)(center))
+        expected = backbone.eval()(EvalTransform(None, data.mean, data.std)(center))
     assert torch.allclose(features, expected, atol=1e-4)
 
 
