@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from sslsec.augment import ProbeAugment
+from sslsec.choices import PROBE_SCHEDULES  # the one list (config reads it there)
 from sslsec.eval.features import Features, derive_seed, device_of, extractor
 
 
@@ -48,7 +49,6 @@ class LinearClassifier(nn.Module):
         return self.linear((features - self.mean) / self.std)
 
 
-PROBE_SCHEDULES = ("cosine", "step")
 # The linear protocol of the SEC authors' SimCLR code (from SupCon): lr x 0.2 at 60 %, 75 % and 90 % of the epochs.
 STEP_MILESTONES, STEP_GAMMA = (0.6, 0.75, 0.9), 0.2
 
