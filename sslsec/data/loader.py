@@ -72,11 +72,13 @@ class BatchLoader:
     then be smaller, even empty ``(0, C, H, W)``, so that every rank yields ``len(loader)`` batches and
     collective ops stay in step).
 
-    In-memory data (:class:`ImageArrays`) is moved to ``device`` once and batches are cut there by index:
-    no DataLoader, no workers. Folder data (:class:`ImageFolderDataset`) goes through a torch DataLoader with
-    ``num_workers`` workers (default ``min(8, cpu count)``) fed the same index lists; on CUDA the workers only
-    read bytes and JPEGs are decoded on the GPU (nvJPEG), on CPU the workers decode (``decode_on_device``
-    overrides this choice).
+    In-memory data (:class:`ImageArrays`) is moved to ``device`` once (not at all if it already lives there,
+    :meth:`ImageArrays.to`) and batches are cut there by index: no DataLoader, no workers. Folder data
+    (:class:`ImageFolderDataset`) goes through a torch DataLoader with ``num_workers`` workers (``data.num_workers``;
+    default ``min(8, cpu count)``) fed the same index lists, each worker preparing its next batches while the
+    device trains; on CUDA the workers only read bytes into pinned memory and JPEGs are decoded on the GPU
+    (nvJPEG), on CPU the workers decode and resize (``decode_on_device`` overrides this choice). With
+    ``num_workers=0`` the calling process decodes: the loop then waits for every batch.
 
     With ``images_per_class`` (K, metric learning) every global batch is ``B * W / K`` classes x K images
     (:func:`class_balanced_batches`, seeded with ``seed + epoch``; each rank takes ``B / K`` whole classes) and
@@ -106,8 +108,8 @@ class BatchLoader:
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         if isinstance(dataset, ImageArrays):
-            self._images = _to_device(dataset.images, self.device)
-            self._labels = _to_device(dataset.labels, self.device)
+            resident = dataset.to(self.device)  # no copy when the split already lives there (ImageArrays.to)
+            self._images, self._labels = resident.images, resident.labels
         else:
             workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
             on_device = self.device.type == "cuda" if decode_on_device is None else decode_on_device
@@ -150,12 +152,6 @@ class BatchLoader:
             if isinstance(images, list):  # encoded JPEG bytes: decode on the device
                 images = self.dataset.decode(images, self.device)
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-
-def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 class _ShardBatches:
