@@ -135,7 +135,8 @@ def test_the_trainer_drives_a_method_it_has_never_heard_of_through_its_hooks(npz
     run = pretrain(load_config(None, [
         "method=renamed", "data.name=npz", f"data.root={npz_root}", "model.backbone=small_cnn",
         "model.projection_hidden_dim=32", "model.projection_dim=16", "moco.queue_size=64", "moco.batch_norm=none",
-        "trainer.batch_size=32", "trainer.epochs=2", "trainer.eval_every=1", "trainer.checkpoint_every=0", "trainer.mixed_precision=no", "eval.knn_k=5", f"output_dir={tmp_path}"]))
+        "trainer.batch_size=32", "trainer.epochs=2", "trainer.eval_every=1", "trainer.checkpoint_every=0",
+        "trainer.mixed_precision=no", "eval.knn_k=5", f"output_dir={tmp_path}"]))
     assert calls == [(step, 8) for step in range(4)] + ["monitor"] + [(step, 8) for step in range(4, 8)] + ["monitor"]
     assert (run / "backbone.safetensors").is_file()
 

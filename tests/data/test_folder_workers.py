@@ -26,7 +26,7 @@ def test_data_num_workers_reaches_training_the_monitor_the_probe_and_the_diagnos
     assert workers == [1, 1, 1]  # the training loader, the monitor's bank (train) and its split (test)
     folder = load_dataset("imagenet_folder", tmp_path / "data", "train", image_size=16)
     decoded = [images for images, _ in BatchLoader(folder, 4, shuffle=False, drop_last=False, num_workers=1)]
-    assert [(batch.dtype, batch.shape) for batch in decoded] == [(torch.uint8, (4, 3, 16, 16))] * 2  # on CPU: by the worker
+    assert [(batch.dtype, batch.shape) for batch in decoded] == [(torch.uint8, (4, 3, 16, 16))] * 2  # by the worker
 
     workers.clear()
     linear_probe_main(["--run", str(run), "data.num_workers=2", "eval.probe_epochs=1"])

@@ -49,7 +49,8 @@ def test_two_accumulated_halves_make_the_update_of_the_whole_batch():
         before = copy.deepcopy(model.state_dict())
         for half in range(2):
             with accelerator.accumulate(model):
-                train_step(accelerator, model, optimizer, (inputs[4 * half:4 * half + 4], targets[4 * half:4 * half + 4]))
+                part = slice(4 * half, 4 * half + 4)
+                train_step(accelerator, model, optimizer, (inputs[part], targets[part]))
             if half == 0:  # no step while accumulating
                 assert not accelerator.sync_gradients
                 assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
