@@ -8,12 +8,19 @@
 (c) lightly-style: lightly's ``SimCLRTransform`` with the same recipe on PIL images in a torch DataLoader with
     ``--workers`` worker processes (what users of lightly write), feeding the same model, precision and
     memory layout through the same ``train_step``.
+(d) with ``--folder DIR``: the sslsec step on the same images read from a JPEG ImageFolder ``DIR/train/<class>/``
+    by the trainer's own :class:`~sslsec.data.BatchLoader` with ``--workers`` DataLoader workers (decoded by the
+    workers on a CPU, by nvJPEG on a GPU): the folder path's cost beside the in-memory one. If ``DIR/train`` does
+    not exist, the config's training images are written there as JPEGs (quality 90, RGB) first; the images of
+    (a)-(c) are then those JPEGs decoded once, so all four see the same pixels, channels and model. Each pass of
+    (d) starts its workers afresh, as every epoch of the trainer does.
 
 The three are measured alternately ``--repeats`` times in one run and their medians compared, so load from
 other processes hits all of them alike. Speeds are training images per second (two views each)::
 
     python scripts/bench_train.py --config configs/simclr_fmnist.yaml --steps 30 --repeats 3
     python scripts/bench_train.py --config configs/simclr_cifar10.yaml --device cuda --workers 8 data.download=true
+    python scripts/bench_train.py --config configs/simclr_cifar10.yaml --folder /tmp/cifar_jpeg --workers 2
 """
 
 from __future__ import annotations
@@ -45,6 +52,32 @@ def lightly_transform(config, dataset, augment):
         hf_prob=recipe.hflip_prob,
         normalize={"mean": list(dataset.mean), "std": list(dataset.std)},
     )
+
+
+def jpeg_folder(dataset, root: Path):
+    """``dataset`` as a JPEG ImageFolder ``root/train/class_<label>/<index>.JPEG`` (written once, RGB), read back."""
+    from torchvision.io import encode_jpeg
+
+    from sslsec.data import ImageFolderDataset
+
+    train = root / "train"
+    if not train.is_dir():
+        for index, (image, label) in enumerate(zip(dataset.images, dataset.labels.tolist())):
+            folder = train / f"class_{label:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rgb = image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
+            (folder / f"{index:06d}.JPEG").write_bytes(encode_jpeg(rgb, quality=90).numpy().tobytes())
+    return ImageFolderDataset(root, "train", image_size=dataset.image_size)
+
+
+def decoded(folder):
+    """Every image of ``folder`` decoded once into memory: the in-memory twin of the folder path."""
+    import torch
+
+    from sslsec.data import ImageArrays
+
+    images = torch.stack([folder[index][0] for index in range(len(folder))])
+    return ImageArrays(images, folder.labels, folder.classes, folder.mean, folder.std, f"{folder.name} (decoded)")
 
 
 def _timed(run_steps, steps: int, batch_size: int, device) -> float:
@@ -87,7 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement (default 30)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="DataLoader workers of the lightly-style loop (default: min(8, cores))")
+                        help="DataLoader workers of the lightly-style loop and of the folder loader (default: "
+                        "min(8, cores))")
+    parser.add_argument("--folder", type=Path, metavar="DIR",
+                        help="also time (d), the same images from a JPEG ImageFolder DIR (written if DIR/train is "
+                        "missing)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -115,6 +152,11 @@ def measure(args: argparse.Namespace) -> None:
     dataset = load_split(config, "train")
     needed = (args.steps + 2) * batch_size
     dataset = dataset.subset(torch.arange(min(needed, len(dataset))))
+    folder = None
+    if args.folder is not None:
+        folder = jpeg_folder(dataset, args.folder)
+        folder = folder.subset(torch.arange(min(needed, len(folder))))
+        dataset = decoded(folder)
 
     torch.manual_seed(0)
     memory_format = torch.channels_last if config.trainer.channels_last else torch.contiguous_format
@@ -144,6 +186,17 @@ def measure(args: argparse.Namespace) -> None:
             core.before_step(step, len(batches))
             watch.record(train_step(accelerator, model, optimizer, views(images)).total, step)
 
+    if folder is not None:
+        folder_loader = BatchLoader(folder, batch_size, shuffle=True, drop_last=True, device=device,
+                                    num_workers=args.workers)
+
+    def sslsec_folder():
+        for step, (images, _) in enumerate(folder_loader):
+            if step == args.steps:
+                break
+            core.before_step(step, args.steps)
+            watch.record(train_step(accelerator, model, optimizer, views(images)).total, step)
+
     def lightly_style():
         for step, pair in enumerate(lightly_loader):
             if step == args.steps:
@@ -154,6 +207,9 @@ def measure(args: argparse.Namespace) -> None:
     names = ("(a) model only, pre-made views", "(b) sslsec step: uint8 -> kornia views -> step",
              f"(c) lightly-style: PIL + DataLoader({args.workers} workers)")
     runs = (model_only, sslsec_step, lightly_style)
+    if folder is not None:
+        names += (f"(d) sslsec step, JPEG folder ({args.workers} workers)",)
+        runs += (sslsec_folder,)
     start = time.perf_counter()
     for name, run in zip(names, runs):  # warm-up: allocator, autocast caches, worker start-up
         run()
@@ -171,6 +227,9 @@ def measure(args: argparse.Namespace) -> None:
         print(f"{name:<50}: {median:7.0f} img/s [{', '.join(f'{v:.0f}' for v in measured)}]")
     print(f"step time of (b) over (a): {medians[0] / medians[1]:.2f}x   (the data path's cost)")
     print(f"speed of (b) over (c)    : {medians[1] / medians[2]:.2f}x")
+    if folder is not None:
+        print(f"speed of (d) over (b)    : {medians[3] / medians[1]:.2f}x   (JPEG folder against in-memory; "
+              f"{len(folder)} images in {args.folder})")
     watch.check(len(batches))
 
 

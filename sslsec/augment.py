@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
+from torchvision.transforms.v2.functional import to_dtype
 
 __all__ = [
     "AugmentPipeline",
@@ -123,7 +124,7 @@ class AugmentPipeline(nn.Module):
             raise ValueError(f"images have {images.shape[1]} channels (shape {tuple(images.shape)}) but mean/std "
                              f"have {self.channels}; build the augmentation with the data set's mean and std")
         if images.dtype == torch.uint8:
-            return images.float().div_(255.0)
+            return to_dtype(images, torch.float32, scale=True)
         if images.dtype.is_floating_point:
             return images.float()
         raise ValueError(f"expected uint8 images in [0, 255] or float images in [0, 1], got dtype {images.dtype}")

@@ -139,7 +139,8 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     accelerator = accelerator or make_accelerator(mixed_precision=config.trainer.mixed_precision)
     start = time.perf_counter()
     result = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator,
-                               seed=config.trainer.seed, val=val, crop_size=eval_crop_size(config))
+                               seed=config.trainer.seed, val=val, crop_size=eval_crop_size(config),
+                               num_workers=config.data.num_workers)
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:

@@ -8,9 +8,8 @@ line that names the key, the bad value and the valid choices::
 
     config = load_config("configs/simclr_fmnist.yaml", ["loss.sec_weight=1.0", "trainer.epochs=5"])
 
-The names of methods, data sets and backbones come from their registries (:data:`sslsec.methods.METHODS`,
-:data:`sslsec.data.DATASET_NAMES`, :data:`sslsec.models.BACKBONES`), imported by :func:`validate` only: the schema,
-``--help`` and key and type errors need no torch.
+The names of methods, data sets, backbones and losses come from :mod:`sslsec.choices`, which imports no
+implementation: this module loads neither torch nor the methods, so any implementation can import from it.
 """
 
 from __future__ import annotations
@@ -27,13 +26,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sslsec.choices import (BACKBONES, CONTRASTIVE_LOSSES, DATASET_NAMES, IMAGENET_BACKBONES,
+                            MARGINLESS_METRIC_LOSSES, METHOD_NAMES, METRIC_LOSS_NAMES, PROBE_SCHEDULES, QUEUE_METHODS,
+                            SEC_SCHEDULES)
+from sslsec.errors import ConfigError  # defined there so that implementations can raise it; re-exported
+
 OPTIMIZERS = ("sgd", "lars", "adam")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOCO_BATCH_NORMS = ("shuffle", "sync", "none")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 @dataclass
@@ -361,15 +361,7 @@ def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> Non
 
 def validate(config: Config) -> None:
     """Range and choice checks that types alone cannot express."""
-    # Here, not at the top: the registries live beside their implementations (torch, kornia, lightly).
-    from sslsec.data import DATASET_NAMES
-    from sslsec.eval.linear import PROBE_SCHEDULES
-    from sslsec.losses import SEC_SCHEDULES
-    from sslsec.methods import METHODS
-    from sslsec.methods.metric import METRIC_LOSSES
-    from sslsec.models import BACKBONES
-
-    _choice("method", config.method, tuple(METHODS))
+    _choice("method", config.method, METHOD_NAMES)
     _choice("data.name", config.data.name, DATASET_NAMES)
     _choice("model.backbone", config.model.backbone, BACKBONES)
     if not isinstance(config.resume, (bool, str)):
@@ -381,6 +373,7 @@ def validate(config: Config) -> None:
     _check_contrastive(config)
     _choice("eval.probe_schedule", config.eval.probe_schedule, PROBE_SCHEDULES)
     _check_augment(config.augment)
+    values = OmegaConf.structured(config)
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",
                 "eval.knn_temperature", "eval.probe_epochs", "eval.probe_batch_size",
@@ -388,18 +381,18 @@ def validate(config: Config) -> None:
                 "moco.queue_size", "model.embedding_dim", "metric.images_per_class", "metric.backbone_lr_scale",
                 "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
                 "data.crop_size", "trainer.max_steps", "trainer.checkpoint_every_steps"):
-        _positive(key, _get(config, key))
+        _positive(key, OmegaConf.select(values, key, throw_on_missing=True))
     for key in ("loss.sec_weight", "loss.norm_penalty_weight", "optim.weight_decay",
                 "optim.warmup_epochs", "trainer.eval_every", "trainer.checkpoint_every",
                 "eval.probe_weight_decay"):
-        _positive(key, _get(config, key), allow_zero=True)
+        _positive(key, OmegaConf.select(values, key, throw_on_missing=True), allow_zero=True)
     if config.loss.sec_momentum is not None and not 0 < config.loss.sec_momentum <= 1:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
     _check_classes(config.data)
     _check_pretrained(config.model)
-    _choice("metric.loss", config.metric.loss, METRIC_LOSSES)
+    _choice("metric.loss", config.metric.loss, METRIC_LOSS_NAMES)
     _positive("metric.margin", config.metric.margin, allow_zero=True)
-    if config.metric.margin is not None and METRIC_LOSSES[config.metric.loss] is None:
+    if config.metric.margin is not None and config.metric.loss in MARGINLESS_METRIC_LOSSES:
         raise ConfigError(f"metric.loss={config.metric.loss} has no margin; leave metric.margin null")
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
@@ -416,21 +409,16 @@ def _check_classes(data: DataConfig) -> None:
 
 
 def _check_contrastive(config: Config) -> None:
-    from sslsec.losses import CONTRASTIVE_LOSSES
-    from sslsec.methods import METHODS
-
     _choice("loss.contrastive", config.loss.contrastive, CONTRASTIVE_LOSSES)
-    if config.loss.contrastive != "ntxent" and METHODS[config.method].memory_bank_size(config):
+    if config.loss.contrastive != "ntxent" and config.method in QUEUE_METHODS:
         raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
                           f"method={config.method} needs; use loss.contrastive=ntxent")
 
 
 def _check_pretrained(model: ModelConfig) -> None:
-    from sslsec.models import IMAGENET_WEIGHTS
-
-    if model.pretrained and model.backbone not in IMAGENET_WEIGHTS:
+    if model.pretrained and model.backbone not in IMAGENET_BACKBONES:
         raise ConfigError(f"model.pretrained=true needs ImageNet weights, which {model.backbone} has not; use "
-                          f"model.backbone={' or '.join(IMAGENET_WEIGHTS)}, or model.pretrained=false")
+                          f"model.backbone={' or '.join(IMAGENET_BACKBONES)}, or model.pretrained=false")
     if model.pretrained and model.cifar_stem:
         raise ConfigError("model.pretrained=true loads ImageNet weights into torchvision's 7x7 stem; set "
                           "model.cifar_stem=false")
@@ -454,9 +442,3 @@ def _check_augment(augment: AugmentConfig) -> None:
     if augment.blur_kernel_size is not None and (augment.blur_kernel_size < 1 or augment.blur_kernel_size % 2 == 0):
         raise ConfigError(f"augment.blur_kernel_size must be an odd number >= 1 (or null), got {augment.blur_kernel_size}")
 
-
-def _get(config: Config, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node

@@ -31,8 +31,7 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import Tensor, nn
 
-
-SEC_SCHEDULES = ("constant", "linear")
+from sslsec.choices import CONTRASTIVE_LOSSES, SEC_SCHEDULES  # the one list of each (config reads them there)
 
 
 def scheduled_weight(weight: float, schedule: str, step: int, total_steps: int) -> float:
@@ -271,9 +270,6 @@ class WithSEC(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sec_weight={self.sec_weight}, norm_penalty_weight={self.norm_penalty_weight}"
-
-
-CONTRASTIVE_LOSSES = ("ntxent", "dcl", "dclw")
 
 
 def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet50", "small_cnn")  # the one list of backbone names (config reads it)
+from sslsec.choices import BACKBONES  # the one list of backbone names (config reads it there)
+
 # torchvision's original ImageNet-1k weights (top-1 69.8 / 76.1 %), the usual start of metric learning with ResNets;
 # not ResNet50's IMAGENET1K_V2 (80.9 %, trained with a heavier recipe)
 IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}

@@ -37,10 +37,11 @@ HISTOGRAMS = {"norms": "projection_norms.png", "cosines": "pair_cosines.png"}
 
 @torch.no_grad()
 def projection_samples(backbone: nn.Module, head: nn.Module, dataset: Any, augment: nn.Module, n: int = 1024, *,
-                       batch_size: int = 256, seed: int = 0) -> Dict[str, Tensor]:
+                       batch_size: int = 256, seed: int = 0, num_workers: Optional[int] = None) -> Dict[str, Tensor]:
     """Projections of two augmented views of ``n`` random images of ``dataset``, in eval mode.
 
     Runs on the device of ``backbone``'s parameters; both modules' train/eval modes are restored.
+    ``num_workers``: the workers that decode a JPEG folder (``data.num_workers``).
 
     Returns:
         ``norms`` ``(2n,)``: ``||z||`` of both views before normalization; ``positive_cosines`` ``(n,)``:
@@ -50,7 +51,8 @@ def projection_samples(backbone: nn.Module, head: nn.Module, dataset: Any, augme
     if n < 2:
         raise EvaluationError(f"n must be at least 2 (negative pairs need two images), got {n}")
     device = next(backbone.parameters()).device
-    loader = BatchLoader(dataset, batch_size, shuffle=True, drop_last=False, seed=seed, device=device)
+    loader = BatchLoader(dataset, batch_size, shuffle=True, drop_last=False, seed=seed, device=device,
+                         num_workers=num_workers)
     views, modes = MultiView(augment, 2), (backbone.training, head.training)
     backbone.eval()
     head.eval()
@@ -93,9 +95,10 @@ def summarize(samples: Dict[str, Tensor]) -> Dict[str, float]:
 
 
 def norm_diagnostics(backbone: nn.Module, head: nn.Module, dataset: Any, augment: nn.Module, n: int = 1024, *,
-                     batch_size: int = 256, seed: int = 0) -> Dict[str, float]:
+                     batch_size: int = 256, seed: int = 0, num_workers: Optional[int] = None) -> Dict[str, float]:
     """:func:`summarize` of :func:`projection_samples`: the figures without the raw values."""
-    return summarize(projection_samples(backbone, head, dataset, augment, n, batch_size=batch_size, seed=seed))
+    return summarize(projection_samples(backbone, head, dataset, augment, n, batch_size=batch_size, seed=seed,
+                                        num_workers=num_workers))
 
 
 def save_histograms(samples: Dict[str, Tensor], directory: Union[str, Path], title: str = "",
@@ -152,7 +155,8 @@ def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, head = backbone.to(device), head.to(device)
     test = load_split(config, "test")
-    samples = projection_samples(backbone, head, test, build_augment(config, test), n, seed=seed)
+    samples = projection_samples(backbone, head, test, build_augment(config, test), n, seed=seed,
+                                 num_workers=config.data.num_workers)
     result = {"method": config.method, "dataset": test.name, "sec_weight": config.loss.sec_weight,
               "seed": seed, **summarize(samples)}
     suffix = f"_seed{seed}"

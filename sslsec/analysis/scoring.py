@@ -32,13 +32,13 @@ def probe_scores(config: Config, run_dir: Path, backbone: Any, splits: Tuple[Any
     ``projection_norms.safetensors``) the norms of the projections of ``diagnostics_n`` test views."""
     train, val, test = splits
     probe = evaluate_backbone(backbone, train, test, config.eval, accelerator=accelerator, seed=config.trainer.seed,
-                              val=val, crop_size=eval_crop_size(config))
+                              val=val, crop_size=eval_crop_size(config), num_workers=config.data.num_workers)
     scores = {"linear_top1": probe["top1"], "linear_top5": probe["top5"], "knn_top1": probe["knn_top1"],
               "val_linear_top1": probe.get("val_top1"), "val_knn_top1": probe.get("val_knn_top1")}
     if accelerator.is_main_process:
         head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
         samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),
-                                     diagnostics_n)
+                                     diagnostics_n, num_workers=config.data.num_workers)
         norms = summarize(samples)
         save_file({"norms": samples["norms"].contiguous()}, str(run_dir / NORMS_FILE))
         readable_like_other_files(run_dir / NORMS_FILE)
@@ -53,7 +53,8 @@ def retrieval_row_scores(config: Config, run_dir: Path, backbone: Any, splits: T
     ``val_``, on the validation split."""
     _, val, test = splits
     result = retrieval_scores(backbone, {"val": val, "test": test}, accelerator=accelerator,
-                              seed=config.trainer.seed, crop_size=eval_crop_size(config))
+                              seed=config.trainer.seed, crop_size=eval_crop_size(config),
+                              num_workers=config.data.num_workers)
     counts = ("images", "classes")
     scores = {key: value for key, value in result["test"].items() if key not in counts}
     scores.update({f"val_{key}": value for key, value in result.get("val", {}).items() if key not in counts})

@@ -1,7 +1,7 @@
 """uint8 image data sets: the readers behind :func:`load_dataset`.
 
 Two kinds of data set share one interface (``classes``, ``num_classes``, ``channels``, ``image_size``,
-``mean``, ``std``, ``name``, ``labels``, ``len()``, ``subset()``):
+``mean``, ``std``, ``name``, ``labels``, ``len()``, ``subset()``, ``to(device)``):
 
 - :class:`ImageArrays`: a whole data set in memory as one uint8 tensor (CIFAR-10/100, Fashion-MNIST, npz).
 - :class:`ImageFolderDataset`: JPEG files decoded batch by batch: an ImageNet-style folder (listed by
@@ -148,7 +148,21 @@ class ImageArrays:
 
     def subset(self, indices: Tensor) -> ImageArrays:
         """The samples at ``indices`` (same classes and statistics)."""
+        indices = indices.to(self.images.device)
         return ImageArrays(self.images[indices], self.labels[indices], self.classes, self.mean, self.std, self.name)
+
+    def to(self, device: torch.device | str) -> ImageArrays:
+        """The same data set held on ``device`` (itself if it is there): move a split once, and every
+        :class:`~sslsec.data.BatchLoader` built on it (training, features, the monitor) cuts batches from that copy.
+        On CUDA the copy goes through pinned memory."""
+        device = torch.device(device)
+        if self.images.device == device or (device.index is None and self.images.device.type == device.type):
+            return self
+        images, labels = self.images, self.labels
+        if device.type == "cuda" and images.device.type == "cpu":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return ImageArrays(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), self.classes,
+                           self.mean, self.std, self.name)
 
 
 class ImageFolderDataset:
@@ -219,6 +233,11 @@ class ImageFolderDataset:
         chosen.paths = [self.paths[i] for i in indices.tolist()]
         chosen.labels = self.labels[indices]
         return chosen
+
+    def to(self, device: torch.device | str) -> ImageFolderDataset:
+        """Itself: a folder stays on disk and its loader decodes it batch by batch (the interface of
+        :meth:`ImageArrays.to`, so a caller moves any split the same way)."""
+        return self
 
     def read_encoded(self, index: int) -> Tensor:
         """The file's bytes as a uint8 1-D tensor (decode later with :meth:`decode`)."""

@@ -110,8 +110,8 @@ class BatchLoader:
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         if isinstance(dataset, ImageArrays):
-            self._images = _to_device(dataset.images, self.device)
-            self._labels = _to_device(dataset.labels, self.device)
+            resident = dataset.to(self.device)  # no copy when the split already lives there (ImageArrays.to)
+            self._images, self._labels = resident.images, resident.labels
         else:
             workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
             on_device = self.device.type == "cuda" if decode_on_device is None else decode_on_device
@@ -174,12 +174,6 @@ class BatchLoader:
                            file=sys.stderr)
             images[position] = _next_good_image(folder, indices[position]).to(images.device)
         return images
-
-
-def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 class _ShardBatches:

@@ -153,8 +153,10 @@ def pretrain(config: Config) -> Path:
         check_same_recipe(config)  # config.yaml keeps saying how the weights were trained
 
     train, val, test = load_splits(config)
+    # In-memory splits move to the device once: the training loader and every kNN monitor cut batches from that copy.
+    train = train.to(accelerator.device)
     # The monitor never looks at the test split when there is a validation split.
-    monitor = ("val", val) if val is not None else ("test", test)
+    monitor = ("val", val.to(accelerator.device)) if val is not None else ("test", test.to(accelerator.device))
     set_seed(config.trainer.seed)  # the same initial weights on every process
     model = build_method(config, train.channels, distributed=accelerator.num_processes > 1,
                          num_classes=train.num_classes)

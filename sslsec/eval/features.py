@@ -55,6 +55,7 @@ def extract_features(
     seed: Optional[int] = None,
     progress: bool = True,
     crop_size: Optional[int] = None,
+    num_workers: Optional[int] = None,
 ) -> Features:
     """Backbone features of every image of ``dataset``, in data-set order, on every process.
 
@@ -67,6 +68,8 @@ def extract_features(
             A random transform is called with a per-batch ``seed=`` when ``seed`` is set.
         crop_size: the view size the backbone was trained at (``data.crop_size``); see :func:`eval_transform`.
         batch_size: images per process and step.
+        num_workers: DataLoader workers that decode a JPEG folder (``data.num_workers``; None: the loader's
+            default); in-memory data has none.
 
     Returns:
         features float32 ``(N, F)`` and labels int64 ``(N,)``, both on the CPU.
@@ -75,7 +78,7 @@ def extract_features(
     device, rank, world_size = _placement(backbone, accelerator)
     transform = transform or eval_transform(dataset, crop_size)
     loader = BatchLoader(dataset, batch_size, shuffle=False, drop_last=False, rank=rank,
-                         world_size=world_size, device=device)
+                         world_size=world_size, device=device, num_workers=num_workers)
     show = progress and (accelerator is None or accelerator.is_main_process)
     was_training = backbone.training
     backbone.eval()
@@ -137,10 +140,11 @@ def derive_seed(*numbers: int) -> int:
 
 
 def extractor(backbone: nn.Module, accelerator: Optional[Accelerator], batch_size: int,
-              crop_size: Optional[int] = None) -> Callable[..., Features]:
+              crop_size: Optional[int] = None, num_workers: Optional[int] = None) -> Callable[..., Features]:
     """``extract(dataset, **kwargs)``: :func:`extract_features` with these settings bound."""
     return lambda dataset, **kwargs: extract_features(backbone, dataset, accelerator=accelerator,
-                                                      batch_size=batch_size, crop_size=crop_size, **kwargs)
+                                                      batch_size=batch_size, crop_size=crop_size,
+                                                      num_workers=num_workers, **kwargs)
 
 
 def device_of(backbone: nn.Module, accelerator: Optional[Accelerator]) -> torch.device:

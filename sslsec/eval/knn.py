@@ -33,13 +33,14 @@ def knn_on_features(train_features: Features, test_features: Features, num_class
 
 def knn_accuracy(backbone: nn.Module, train: Any, test: Any, k: int = 200, temperature: float = 0.1, *,
                  accelerator: Optional[Accelerator] = None, batch_size: int = 512,
-                 crop_size: Optional[int] = None) -> float:
+                 crop_size: Optional[int] = None, num_workers: Optional[int] = None) -> float:
     """kNN top-1 accuracy (%) of ``test`` against the features of ``train`` (Wu et al. 2018).
 
     Call it on every process with the unwrapped backbone; the backbone's train/eval mode is restored.
-    ``crop_size``: the training view size (see :func:`sslsec.eval.features.eval_transform`).
+    ``crop_size``: the training view size (see :func:`sslsec.eval.features.eval_transform`); ``num_workers``: the
+    workers that decode a JPEG folder (``data.num_workers``).
     """
-    extract = extractor(backbone, accelerator, batch_size, crop_size)
+    extract = extractor(backbone, accelerator, batch_size, crop_size, num_workers)
     return knn_on_features(extract(train), extract(test), train.num_classes, k=k, temperature=temperature,
                            batch_size=batch_size, device=device_of(backbone, accelerator))
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from sslsec.augment import ProbeAugment
+from sslsec.choices import PROBE_SCHEDULES  # the one list (config reads it there)
 from sslsec.eval.features import Features, derive_seed, device_of, extractor
 
 
@@ -48,7 +49,6 @@ class LinearClassifier(nn.Module):
         return self.linear((features - self.mean) / self.std)
 
 
-PROBE_SCHEDULES = ("cosine", "step")
 # The linear protocol of the SEC authors' SimCLR code (from SupCon): lr x 0.2 at 60 %, 75 % and 90 % of the epochs.
 STEP_MILESTONES, STEP_GAMMA = (0.6, 0.75, 0.9), 0.2
 
@@ -134,7 +134,7 @@ def linear_probe(
     weight_decay: float = 0.0, augment: bool = False, accelerator: Optional[Accelerator] = None, seed: int = 0,
     feature_batch_size: int = 512, features: Optional[Tuple[Features, Features]] = None, val: Any = None,
     val_features: Optional[Features] = None, schedule: str = "cosine", standardize: bool = True,
-    crop_size: Optional[int] = None,
+    crop_size: Optional[int] = None, num_workers: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Linear-probe accuracy of a frozen ``backbone``: train on ``train``, score top-1/top-5 (%) on ``test``.
 
@@ -145,6 +145,7 @@ def linear_probe(
         val, val_features: a validation split (or its features) the same classifier is also scored on.
         seed: the classifier's initialization, batch order and augmentation draws.
         crop_size: the training view size: evaluation at its center crop, augmented training crops of it.
+        num_workers: the workers that decode a JPEG folder (``data.num_workers``; None: the loader's default).
         schedule, standardize: see :func:`_fit`; ``augment=True, schedule="step", standardize=False, lr=5,
             epochs=100`` is the linear protocol of the SEC authors (and SupCon) on CIFAR.
 
@@ -154,7 +155,7 @@ def linear_probe(
         the SEC authors' and SupCon's tables report; it selects on the test split); ``top5`` is ``None`` with 5
         classes or fewer; with a validation split also ``val_top1``, ``val_top5``.
     """
-    extract = extractor(backbone, accelerator, feature_batch_size, crop_size)
+    extract = extractor(backbone, accelerator, feature_batch_size, crop_size, num_workers)
     train_features, test_features = features or (None if augment else extract(train), extract(test))
     if val is not None and val_features is None:
         val_features = extract(val)

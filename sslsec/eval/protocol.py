@@ -23,21 +23,22 @@ if TYPE_CHECKING:
 
 def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: EvalConfig, *,
                       accelerator: Optional[Accelerator] = None, seed: int = 0, val: Any = None,
-                      crop_size: Optional[int] = None) -> Dict[str, Any]:
+                      crop_size: Optional[int] = None, num_workers: Optional[int] = None) -> Dict[str, Any]:
     """The linear probe and kNN with the ``eval`` section of a config, extracting the features once.
 
     With a validation split ``val`` the same probe and kNN bank are also scored on it (``val_top1``,
     ``val_top5``, ``val_knn_top1``): choose settings by those, report ``top1``/``knn_top1`` (test).
-    ``crop_size`` (``data.crop_size``): score at the training view size (:func:`~sslsec.eval.features.eval_transform`).
+    ``crop_size`` (``data.crop_size``): score at the training view size (:func:`~sslsec.eval.features.eval_transform`);
+    ``num_workers`` (``data.num_workers``): the workers that decode a JPEG folder.
     """
-    extract = extractor(backbone, accelerator, 512, crop_size)
+    extract = extractor(backbone, accelerator, 512, crop_size, num_workers)
     features = extract(train), extract(test)
     val_features = extract(val) if val is not None else None
     result = linear_probe(backbone, train, test, epochs=settings.probe_epochs, batch_size=settings.probe_batch_size,
                           lr=settings.probe_lr, weight_decay=settings.probe_weight_decay,
                           augment=settings.probe_augment, accelerator=accelerator, seed=seed, features=features,
                           val_features=val_features, schedule=settings.probe_schedule,
-                          standardize=settings.probe_standardize, crop_size=crop_size)
+                          standardize=settings.probe_standardize, crop_size=crop_size, num_workers=num_workers)
     knn = functools.partial(knn_on_features, features[0], num_classes=train.num_classes, k=settings.knn_k,
                             temperature=settings.knn_temperature, device=device_of(backbone, accelerator))
     result["knn_top1"] = knn(features[1])
@@ -48,7 +49,8 @@ def evaluate_backbone(backbone: nn.Module, train: Any, test: Any, settings: Eval
 
 
 def retrieval_scores(backbone: nn.Module, splits: Mapping[str, Any], *, accelerator: Optional[Accelerator] = None,
-                     seed: int = 0, crop_size: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+                     seed: int = 0, crop_size: Optional[int] = None,
+                     num_workers: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Retrieval of ``backbone``'s embeddings on each split of ``splits`` (name -> data set; None is skipped).
 
     Per split: ``images``, ``classes``, every :func:`~sslsec.eval.retrieval.retrieval_metrics` score (%, k-means
@@ -60,7 +62,8 @@ def retrieval_scores(backbone: nn.Module, splits: Mapping[str, Any], *, accelera
     for name, dataset in splits.items():
         if dataset is None:
             continue
-        embeddings, labels = extract_features(backbone, dataset, accelerator=accelerator, crop_size=crop_size)
+        embeddings, labels = extract_features(backbone, dataset, accelerator=accelerator, crop_size=crop_size,
+                                              num_workers=num_workers)
         norms = embeddings.double().norm(dim=1)
         result[name] = {"images": len(dataset), "classes": dataset.num_classes,
                         **retrieval_metrics(embeddings, labels, seed=seed), "norm_mean": norms.mean().item(),
@@ -76,7 +79,7 @@ def score_retrieval(config: Config, backbone: Optional[nn.Module] = None, *,
     if backbone is None:
         backbone = random_backbone(config, train.channels)
     return retrieval_scores(backbone, {"val": val, "test": test}, accelerator=accelerator, seed=config.trainer.seed,
-                            crop_size=eval_crop_size(config))
+                            crop_size=eval_crop_size(config), num_workers=config.data.num_workers)
 
 
 def eval_crop_size(config: Config) -> Optional[int]:

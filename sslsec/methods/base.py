@@ -62,7 +62,7 @@ class Method(nn.Module):
         """The score logged during training: weighted kNN top-1 (%) of ``split`` against ``train``."""
         return {"knn_top1": knn_accuracy(self.backbone, train, split, k=config.eval.knn_k,
                                          temperature=config.eval.knn_temperature, accelerator=accelerator,
-                                         crop_size=eval_crop_size(config))}
+                                         crop_size=eval_crop_size(config), num_workers=config.data.num_workers)}
 
     @classmethod
     def backbone_spec(cls, config: Config, in_channels: int) -> Dict[str, Any]:

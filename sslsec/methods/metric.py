@@ -158,7 +158,7 @@ class MetricLearning(Method):
     def monitor(self, train: Any, split: Any, config: Config, accelerator: Any) -> Dict[str, float]:
         """Retrieval on ``split`` (validation): Recall@1 and MAP@R (%), each image queried against the others."""
         embeddings, labels = extract_features(self.backbone, split, accelerator=accelerator,
-                                              crop_size=eval_crop_size(config))
+                                              crop_size=eval_crop_size(config), num_workers=config.data.num_workers)
         scores = retrieval_metrics(embeddings, labels, ks=(1,), nmi=False)
         return {"recall_at_1": scores["recall_at_1"], "map_at_r": scores["map_at_r"]}
 

@@ -9,7 +9,8 @@ import torch
 from sslsec.cli import linear_probe_main
 from sslsec.config import Config, save_config
 from sslsec.data import load_dataset
-from sslsec.eval import classification_scores, fit_linear_classifier, linear_probe, probe_on_features
+from sslsec.eval import (classification_scores, extract_features, fit_linear_classifier, linear_probe,
+                         probe_on_features)
 from tests.fixtures import clustered_features, small_cnn, template_dataset
 
 def test_probe_separates_linearly_separable_features():
@@ -63,10 +64,25 @@ def test_step_protocol_drops_the_lr_at_60_75_90_percent_and_keeps_raw_features()
     assert torch.all(classifier.mean == 0) and torch.allclose(classifier.std, torch.ones_like(classifier.std))
 
 
-def test_augmented_probe_is_reproducible_from_its_seed():
+def test_augmented_probe_trains_on_fresh_crops_each_epoch_reproducibly(monkeypatch):
+    """augment=True: every epoch's training features are those of new random crops (not the cached features, not
+    last epoch's), drawn again identically from the same seed; augment=False trains on the cached features."""
+    import sslsec.eval.linear as linear
+
     train, test, backbone = template_dataset(10, seed=0), template_dataset(5, seed=1), small_cnn()
+    seen, real_fit = [], linear._fit
+    monkeypatch.setattr(linear, "_fit", lambda epoch_data, *args, **kwargs: seen.append(
+        [epoch_data(epoch)[0] for epoch in range(2)]) or real_fit(epoch_data, *args, **kwargs))
     first, second = (linear_probe(backbone, train, test, epochs=2, augment=True, seed=3) for _ in range(2))
-    assert first["augment"] and first == second and 0.0 <= first["top1"] <= first["top5"] <= 100.0
+    linear_probe(backbone, train, test, epochs=2, augment=True, seed=4)
+    plain = linear_probe(backbone, train, test, epochs=2, augment=False, seed=3)
+    cached = extract_features(backbone, train, progress=False)[0]
+    (epoch0, epoch1), again, other_seed, not_augmented = seen
+    assert first == second and all(torch.equal(a, b) for a, b in zip((epoch0, epoch1), again))
+    assert not torch.allclose(epoch0, epoch1) and not torch.allclose(epoch0, cached)
+    assert not torch.allclose(other_seed[0], epoch0)
+    assert all(torch.equal(features, cached) for features in not_augmented)
+    assert first["augment"] and not plain["augment"]
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
