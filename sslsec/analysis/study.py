@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Un
 
 from safetensors.torch import load_file
 
-from sslsec.analysis.choices import DEFAULT_VARIANTS, VARIANTS
+from sslsec.analysis.choices import VARIANTS
 from sslsec.analysis.diagnostics import matplotlib_figure
 from sslsec.analysis.scoring import NORMS_FILE, scorer
 from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
