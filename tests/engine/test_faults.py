@@ -14,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch import cpu_env, torchrun
+
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: bit-identical reductions
+ENV = cpu_env(OMP_NUM_THREADS="1")  # the CPU, and the same threads in every run: bit-identical reductions
 
 
 def _argv(npz_root, output_dir, *extra):
@@ -51,8 +53,7 @@ def _start_and_wait_for(argv, run_dir, rows):
 
 
 def _torchrun(npz_root, output_dir, *extra):
-    argv = _argv(npz_root, output_dir, *extra)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv[1:]]
+    return torchrun(*_argv(npz_root, output_dir, *extra)[1:])
 
 
 @pytest.mark.slow
@@ -152,8 +153,7 @@ def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory
 @pytest.mark.slow
 def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_path):
     hook = Path(__file__).parent / "nan_on_rank1"
-    env = {**ENV, "SSLSEC_TEST_NAN_STEP": "3", "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get(
-        "PYTHONPATH", "")])}
+    env = cpu_env([str(hook)], OMP_NUM_THREADS="1", SSLSEC_TEST_NAN_STEP="3")
     process = subprocess.run(_torchrun(npz_root, tmp_path / "run", "trainer.log_every=4"), capture_output=True,
                              text=True, env=env, cwd=REPO, timeout=300)  # a hang would time out here
     assert process.returncode != 0

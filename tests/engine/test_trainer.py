@@ -1,8 +1,6 @@
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from safetensors.torch import load_file
 from sslsec.config import ConfigError, load_config
 from sslsec.models import load_backbone
 from sslsec.engine import TrainingError, pretrain
+from tests.launch import cpu_env, torchrun
 
 ROOT = Path(__file__).parents[2]
 
@@ -122,13 +121,10 @@ def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # --standalone: the rendezvous store binds a free port itself (no port picked first and bound later).
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "scripts" / "pretrain.py"), *_overrides(npz_root, run, f"method={method}",
-                                                            "trainer.checkpoint_every=0", "moco.queue_size=512")],
-        capture_output=True, text=True, env=env, timeout=600,
+        torchrun(ROOT / "scripts" / "pretrain.py", *_overrides(npz_root, run, f"method={method}",
+                                                               "trainer.checkpoint_every=0", "moco.queue_size=512")),
+        capture_output=True, text=True, env=cpu_env(OMP_NUM_THREADS="1"), timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     steps, knn = _metrics(run)
