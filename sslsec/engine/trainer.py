@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
@@ -300,7 +300,7 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
     is one) and the epoch's checkpoint."""
     epoch, last = progress.epoch, progress.epoch == config.trainer.epochs
     if config.trainer.eval_every and (epoch % config.trainer.eval_every == 0 or last):
-        _share_batchnorm_statistics(accelerator, core.backbone)
+        _share_batchnorm_statistics(core.backbone)
         split, dataset = monitor
         scores = core.monitor(train, dataset, config, accelerator)
         log.write({"step": progress.step, "epoch": epoch, **scores, "monitor_split": split}, progress.step)
@@ -311,12 +311,11 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
         checkpoints.save(progress.step)
 
 
-def _share_batchnorm_statistics(accelerator, backbone: nn.Module) -> None:
-    """Give every process the main process's buffers (BatchNorm running statistics), which DDP lets drift by the
-    last step's update: the kNN monitor then scores, on every process, the backbone that is saved."""
-    if accelerator.num_processes > 1:
-        for buffer in backbone.buffers():
-            torch.distributed.broadcast(buffer, src=0)
+def _share_batchnorm_statistics(backbone: nn.Module) -> None:
+    """Give every process the main process's buffers (BatchNorm running statistics), which drift apart because DDP
+    broadcasts no buffers (``make_accelerator``): the kNN monitor then scores, on every process, the backbone that is
+    saved. In place; nothing to do in one process."""
+    broadcast(list(backbone.buffers()), from_process=0)
 
 
 def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> None:
