@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from accelerate.utils import broadcast, set_seed
@@ -71,32 +71,51 @@ def _micro_batch(config: Config, num_processes: int) -> int:
 
 
 class NonFiniteWatch:
-    """The first optimizer step whose loss was NaN or Inf, kept on the device.
+    """The first optimizer step whose loss was NaN or Inf, kept on the device; and the steps fp16 skipped.
 
     :meth:`record` runs every step without reading anything back from the device; :meth:`check` gathers
     the record of every process (one collective, taken by all of them at the same steps, so a NaN on one
     process never leaves the others waiting) and raises :class:`TrainingError` naming the step. The trainer
     checks at every log interval and before every checkpoint, so no checkpoint is written after a bad step.
+
+    Under fp16 the loss scaler skips a step whose scaled gradients overflowed and halves its scale: that is how
+    loss scaling finds its scale, not a diverged run (:meth:`record_skipped_step`). A run has diverged when the
+    loss itself is not finite, or when the scaler still skips at a loss scale of 1 or less: then the gradients
+    are not finite even unscaled. Every process sees the same skips (the scaler reads the all-reduced gradients).
     """
 
     def __init__(self, accelerator) -> None:
         self.accelerator = accelerator
         self.first_bad = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
+        self.skipped_steps = 0
+        self.bad_gradients: Optional[Tuple[int, float]] = None  # (step, loss scale) of the first unscaled overflow
 
     def record(self, loss: torch.Tensor, step: int) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
+    def record_skipped_step(self, step: int, loss_scale: Optional[float]) -> None:
+        """The fp16 loss scaler skipped optimizer step ``step``, taken at ``loss_scale`` (None: not known)."""
+        self.skipped_steps += 1
+        if loss_scale is not None and loss_scale <= 1 and self.bad_gradients is None:
+            self.bad_gradients = (step, loss_scale)
+
     def check(self, steps_per_epoch: int, checkpoints: Optional[Checkpoints] = None) -> None:
         firsts = self.accelerator.gather(self.first_bad)
         firsts = firsts[firsts >= 0]
-        if len(firsts) == 0:
+        if len(firsts) == 0 and self.bad_gradients is None:
             return
-        step = int(firsts.min())
         latest = checkpoints.latest() if checkpoints is not None else None
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        if len(firsts) and (self.bad_gradients is None or int(firsts.min()) <= self.bad_gradients[0]):
+            step = int(firsts.min())
+            what = f"non-finite loss at step {step} (epoch {step // steps_per_epoch})"
+        else:
+            step, scale = self.bad_gradients
+            what = (f"non-finite gradients at step {step} (epoch {step // steps_per_epoch}), skipped by the fp16 loss "
+                    f"scaler at a loss scale of {scale:g}, so not from the scaling")
         raise TrainingError(
-            f"non-finite loss at step {step} (epoch {step // steps_per_epoch}); {kept}. "
+            f"{what}; {kept}. "
             "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 or no instead of fp16."
         )
 
@@ -226,13 +245,14 @@ def pretrain(config: Config) -> Path:
                 progress.batch += 1
                 log.add(out._asdict(), len(images))
                 if accelerator.sync_gradients:
-                    scheduler.step()
-                    progress.step += 1
+                    if not _advance(accelerator, scheduler, progress, watch):
+                        continue  # skipped by the fp16 loss scaler: the same step again, with the next batch
                     bar.update(1)
                     if progress.step % config.trainer.log_every == 0:
                         watch.check(steps_per_epoch, checkpoints)
+                        skipped = {} if accelerator.scaler is None else {"skipped_steps": watch.skipped_steps}
                         row = log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                                        sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
+                                        sec_weight=config.loss.sec_weight * core.criterion.weight_scale, **skipped)
                         bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                     every = config.trainer.checkpoint_every_steps
                     if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
@@ -278,6 +298,20 @@ def _checked_save(watch: NonFiniteWatch, checkpoints: Checkpoints, progress: Pro
     watch.check(steps_per_epoch, checkpoints)
     progress.seconds = log.elapsed()
     return checkpoints.save(progress.step)
+
+
+def _advance(accelerator, scheduler, progress: Progress, watch: NonFiniteWatch) -> bool:
+    """After an optimizer step: the LR schedule and the step count move on (``True``), unless the fp16 loss scaler
+    skipped the step (its scaled gradients overflowed; it lowered its scale instead), which trained nothing: then
+    ``progress.step``, and so the LR, the SEC weight and MoCo's momentum, stay for the next batch (``False``)."""
+    if accelerator.optimizer_step_was_skipped:
+        scaler = accelerator.scaler  # the scale was halved after the skip: the step was taken at twice it
+        loss_scale = None if scaler is None else scaler.get_scale() / scaler.get_backoff_factor()
+        watch.record_skipped_step(progress.step, loss_scale)
+        return False
+    scheduler.step()
+    progress.step += 1
+    return True
 
 
 def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views,

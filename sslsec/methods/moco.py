@@ -89,6 +89,7 @@ class MoCo(Method):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.head_momentum)
         self.momentum, self.cosine_momentum, self.shuffle_bn = momentum, cosine_momentum, shuffle_bn
+        self.momentum_step = -1  # the step of the last momentum update (a resumed run updates at its first step)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """The momentum at ``step``: constant, or lightly's cosine from ``momentum`` (step 0) to 1 (``total_steps``)."""
@@ -97,9 +98,12 @@ class MoCo(Method):
         return cosine_schedule(step, max(total_steps, 1) + 1, self.momentum, 1.0)
 
     def before_step(self, step: int, total_steps: int) -> None:
-        """The SEC schedule, then the momentum update of the key encoder."""
+        """The SEC schedule, then the momentum update of the key encoder, once per optimizer step: a step that the
+        fp16 loss scaler skipped left the query encoder as it was and comes again with the same ``step``."""
         super().before_step(step, total_steps)
-        self.update_momentum_encoder(self.momentum_at(step, total_steps))
+        if step != self.momentum_step:
+            self.update_momentum_encoder(self.momentum_at(step, total_steps))
+            self.momentum_step = step
 
     @torch.no_grad()
     def update_momentum_encoder(self, momentum: float) -> None:

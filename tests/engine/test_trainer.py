@@ -151,3 +151,60 @@ def test_knn_monitor_scores_center_crops_or_whole_images_of_views_trained_smalle
     pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.epochs=1", "data.crop_size=12",
                                           f"eval.center_crop={str(center_crop).lower()}")))
     assert seen == [scored_at]
+
+
+def test_steps_the_fp16_loss_scaler_skips_move_neither_the_schedules_nor_the_step_count(npz_root, tmp_path,
+                                                                                        monkeypatch):
+    """fp16 needs a GPU, so the scaler's verdict is mocked here (tests/test_gpu.py overflows a real one): the 3rd
+    and 4th of 8 batches overflow. The run then takes 6 steps whose LR, SEC weight and MoCo momentum are those of
+    the first 6 steps of a run without overflow, and MoCo's key encoder moves once per step taken."""
+    from accelerate import Accelerator
+
+    from sslsec.methods import MoCo
+
+    steps, momenta = [], []
+    before_step, update = MoCo.before_step, MoCo.update_momentum_encoder
+    monkeypatch.setattr(MoCo, "before_step", lambda self, step, total: steps.append(step) or
+                        before_step(self, step, total))
+    monkeypatch.setattr(MoCo, "update_momentum_encoder", lambda self, m: momenta.append(m) or update(self, m))
+    extra = ["method=moco", "moco.batch_norm=none", "moco.cosine_momentum=true", "loss.sec_weight=0.5",
+             "loss.sec_schedule=linear", "optim.warmup_epochs=1", "trainer.eval_every=0"]
+    reference = _metrics(pretrain(load_config(None, _overrides(npz_root, tmp_path / "reference", *extra))))[0]
+    reference_momenta, momenta[:], steps[:] = list(momenta), [], []
+
+    verdicts = iter([False, False, True, True, False, False, False, False])
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(verdicts)))
+    run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "skipped", *extra)))
+    rows = _metrics(run)[0]
+
+    assert steps == [0, 1, 2, 2, 2, 3, 4, 5]  # the method is asked for step 2 until one is taken
+    assert [r["step"] for r in rows] == list(range(1, 7)) and [r["epoch"] for r in rows] == [1, 1, 2, 2, 2, 2]
+    for key in ("lr", "sec_weight"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in reference[:6]])
+    assert len({r["sec_weight"] for r in rows}) == 6 and len({r["lr"] for r in rows}) >= 4  # schedules that move
+    assert len(reference_momenta) == 8 and momenta == pytest.approx(reference_momenta[:6])
+    assert sorted(path.name for path in (run / "checkpoints").glob("step_*"))[-1] == "step_00000006"
+
+
+def test_the_watch_tells_a_skipped_fp16_step_from_gradients_that_overflow_unscaled():
+    from sslsec.engine.accelerator import make_accelerator
+    from sslsec.engine.trainer import NonFiniteWatch
+
+    watch = NonFiniteWatch(make_accelerator(mixed_precision="no"))
+    watch.record_skipped_step(2, 65536.0)  # the scaler finding its scale
+    watch.record_skipped_step(3, 32768.0)
+    watch.check(steps_per_epoch=4)
+    assert watch.skipped_steps == 2
+
+    watch.record_skipped_step(5, 1.0)  # overflow without any scaling: a diverged run
+    watch.record_skipped_step(6, 0.5)
+    watch.record(torch.tensor(float("nan")), 6)
+    with pytest.raises(TrainingError, match=r"^non-finite gradients at step 5 \(epoch 1\), skipped by the fp16 loss "
+                                            r"scaler at a loss scale of 1, so not from the scaling; no checkpoint"):
+        watch.check(steps_per_epoch=4)
+
+    earlier_loss = NonFiniteWatch(make_accelerator(mixed_precision="no"))
+    earlier_loss.record(torch.tensor(float("inf")), 4)
+    earlier_loss.record_skipped_step(5, 0.5)
+    with pytest.raises(TrainingError, match=r"^non-finite loss at step 4 \(epoch 1\)"):
+        earlier_loss.check(steps_per_epoch=4)
