@@ -180,6 +180,8 @@ def pretrain(config: Config) -> Path:
     _check_view_size(model.backbone, train.channels, view_size(config, train), config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.trainer.compile:
+        model.compile_networks()  # backbone and head only: the loss and the DDP wrapper stay eager
     set_seed(config.trainer.seed, device_specific=True)  # different views on every process
     optimizer = build_optimizer(model, config)
     loader = BatchLoader(
@@ -205,7 +207,6 @@ def pretrain(config: Config) -> Path:
     accelerator.register_for_checkpointing(scheduler, progress)
     views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last),
                       n_views=accelerator.unwrap_model(model).n_views)
-    forward = torch.compile(model) if config.trainer.compile else model
     watch = NonFiniteWatch(accelerator)
 
     paths = RunPaths(output_dir)
@@ -240,7 +241,7 @@ def pretrain(config: Config) -> Path:
                 if progress.batch % accumulation == 0:
                     core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
                 with accelerator.accumulate(model):
-                    out = train_step(accelerator, forward, optimizer, views(images), labels)
+                    out = train_step(accelerator, model, optimizer, views(images), labels)
                 watch.record(out.total, progress.step)
                 progress.batch += 1
                 log.add(out._asdict(), len(images))

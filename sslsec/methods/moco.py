@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
@@ -104,6 +104,10 @@ class MoCo(Method):
         if step != self.momentum_step:
             self.update_momentum_encoder(self.momentum_at(step, total_steps))
             self.momentum_step = step
+
+    def networks(self) -> List[nn.Module]:
+        """The query encoder's backbone and head, and their momentum copies."""
+        return [self.backbone, self.head, self.backbone_momentum, self.head_momentum]
 
     @torch.no_grad()
     def update_momentum_encoder(self, momentum: float) -> None:
