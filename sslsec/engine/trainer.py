@@ -124,7 +124,8 @@ class StopRequest:
     """SIGTERM (a cluster pre-empting the job) or SIGINT (Ctrl-C) asks the run to stop at a step boundary.
 
     The handlers only set a flag. One process decides alone at every step; several agree at every log
-    interval (one all-reduce, taken by all of them at the same step), so each checkpoints the same step.
+    interval (accelerate's ``set_trigger`` / ``check_trigger``: one all-reduce, taken by all of them at the same
+    step), so each checkpoints the same step.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -143,8 +144,9 @@ class StopRequest:
             return self.signal_name is not None
         if step % interval:
             return False
-        flag = torch.tensor(float(self.signal_name is not None), device=self.accelerator.device)
-        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+        if self.signal_name is not None:
+            self.accelerator.set_trigger()  # not in the handler: no device work inside a signal handler
+        if self.accelerator.check_trigger():  # one all-reduce of every process's trigger
             self.signal_name = self.signal_name or "a signal to another process"
             return True
         return False

@@ -160,3 +160,16 @@ def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_p
     assert process.stderr.count("non-finite loss at step 3 (epoch 0)") == 2  # each process names the same step
     saved = [int(path.name.split("_")[1]) for path in (tmp_path / "run" / "checkpoints").glob("step_*")]
     assert saved and max(saved) <= 3  # checkpoints of steps 1-3 (every step), none after the bad one
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_with_one_checkpoint(npz_root, tmp_path):
+    hook = Path(__file__).parent / "sigterm_on_rank1"
+    env = cpu_env([str(hook)], OMP_NUM_THREADS="1", SSLSEC_TEST_SIGTERM_CALL="3")  # during step 3 of rank 1
+    run_dir = tmp_path / "run"
+    process = subprocess.run(_torchrun(npz_root, run_dir, "trainer.log_every=4", "trainer.checkpoint_every_steps=null"),
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # a hang times out
+    assert process.returncode == 0, process.stderr[-2000:]
+    # the processes agree at the next log interval (step 4): both save it, then stop
+    assert [path.name for path in (run_dir / "checkpoints").glob("step_*")] == ["step_00000004"]
+    assert _steps(run_dir) == [4] and not (run_dir / "backbone.safetensors").exists()
