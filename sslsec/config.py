@@ -135,7 +135,7 @@ class TrainerConfig:
     batch_size: int = 512  # global batch, split over processes
     mixed_precision: str = "auto"  # bf16 where the CPU or GPU computes it, else fp32 (CPU) or fp16 (GPU)
     channels_last: bool = True  # conv backbones: NHWC memory layout (faster under bf16 on CPUs and GPUs)
-    compile: bool = False  # torch.compile the model (pays on GPUs; no gain on CPUs)
+    compile: bool = False  # torch.compile the backbone and head, not the loss (pays on GPUs; no gain on CPUs)
     gradient_accumulation_steps: int = 1
     log_every: int = 50  # steps
     eval_every: int = 10  # epochs between kNN monitors; 0 turns it off

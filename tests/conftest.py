@@ -25,6 +25,15 @@ def run_dir(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request, monkeypatch):
+    """Tests not marked ``gpu`` train on the CPU even where a GPU exists (``make_accelerator`` reads
+    ``ACCELERATE_USE_CPU``, as ``accelerate launch --cpu`` sets it): the same kernels as the runs they compare with,
+    and GPU runs only where a test asks for them. Subprocesses get the same from :func:`tests.launch.cpu_env`."""
+    if "gpu" not in request.keywords:
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+
+
+@pytest.fixture(autouse=True)
 def fresh_accelerator_state():
     """Each test picks its own precision: accelerate keeps one per process and refuses another, and tests pin
     trainer.mixed_precision=no beside others that take the default auto (bf16 on a CPU that computes it)."""

@@ -11,6 +11,7 @@ import pytest
 
 from sslsec.cli import diagnose_main, linear_probe_main, pretrain_main, study_main
 from tests.fixtures import write_jpeg_folder, write_run
+from tests.launch import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_cli_errors_are_one_line_and_exit_2(run_dir, tmp_path, capsys):
 
 def test_script_reports_a_missing_run_without_traceback(tmp_path):
     process = subprocess.run([sys.executable, str(REPO / "scripts" / "linear_probe.py"), "--run", str(tmp_path)],
-                             capture_output=True, text=True, cwd=REPO)
+                             capture_output=True, text=True, cwd=REPO, env=cpu_env())
     assert process.returncode == 2 and "Traceback" not in process.stderr
     assert "config.yaml is missing" in process.stderr
 
@@ -73,7 +74,7 @@ def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "pretrain.py"), "--config", str(REPO / "configs" / "simclr_fmnist.yaml"),
          "loss.sec_wieght=1", f"output_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=cpu_env(),
     )
     assert result.returncode == 2
     assert "unknown key loss.sec_wieght" in result.stderr and "Traceback" not in result.stderr
@@ -114,7 +115,7 @@ def test_training_benchmark_runs_the_three_loops_and_prints_their_ratios(npz_roo
         [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--steps", "2", "--repeats", "1", "--workers", "0",
          "--config", str(REPO / "configs" / "simclr_fmnist.yaml"), "data.name=npz", f"data.root={npz_root}",
          "data.val_size=null", "trainer.batch_size=16", "trainer.mixed_precision=no"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=cpu_env())
     assert process.returncode == 0, process.stderr[-2000:]
     speeds = re.findall(r"^\((a|b|c)\) .*: +(\d+) img/s", process.stdout, flags=re.MULTILINE)
     assert [name for name, _ in speeds] == ["a", "b", "c"] and all(int(value) > 0 for _, value in speeds)

@@ -1,22 +1,28 @@
-"""The CUDA paths: kornia views, nvJPEG decoding, bf16 / fp16 steps, channels_last and torch.compile, NCCL, and
-the benchmarks. Marked ``gpu`` and skipped without CUDA; run them with ``pytest -m gpu`` on a GPU machine."""
+"""The CUDA paths: kornia views, nvJPEG decoding, bf16 / fp16 steps (a real fp16 overflow), channels_last and
+torch.compile with SEC, MoCo's queue, NCCL, and the benchmarks. Marked ``gpu`` and skipped without CUDA; run them
+with ``pytest -m gpu`` on a GPU machine."""
 
-import os
+import json
+import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import GradScalerKwargs
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.utils.scheduler import CosineWarmupScheduler
+from torch._dynamo.utils import counters
 
-from sslsec.augment import MultiView, SimCLRAugment
+from sslsec.augment import MoCoV2Augment, MultiView, SimCLRAugment
 from sslsec.config import load_config
 from sslsec.data import ImageFolderDataset
-from sslsec.engine.trainer import build_optimizer, pretrain, train_step
-from sslsec.methods import build_method
+from sslsec.engine.checkpoint import Progress
+from sslsec.engine.trainer import NonFiniteWatch, _advance, build_optimizer, pretrain, train_step
+from sslsec.methods import Method, build_method
+from sslsec.methods.moco import KeyQueue
 from tests.fixtures import write_jpeg_folder
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.launch import REPO, gpu_env, torchrun
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 pytestmark = [pytest.mark.gpu,
@@ -39,18 +45,59 @@ def _fresh_accelerator(**kwargs):
     return make_accelerator(**kwargs)
 
 
-def test_views_on_cuda_match_the_cpu_views_in_shape_dtype_range_and_statistics():
-    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+def drawn_parameters(augment, images, seed):
+    """One view of ``images`` by ``augment`` with ``seed``, and the parameters each of its kornia operations drew:
+    ``{(operation, parameter): (N, ...) float64 on the CPU}`` (per-image tensors only)."""
+    view = augment(images, seed=seed)
+    drawn = {(item.name, key): value.detach().cpu().double() for item in augment.transforms._params
+             for key, value in (item.data or {}).items()
+             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(images)}
+    return view, drawn
+
+
+def assert_same_distribution(first, second, name):
+    """Per column of a parameter drawn for n images on each side: the means within 5 standard errors, the
+    standard deviations within a factor 1.43 (each about 5 standard errors at n = 256)."""
+    first, second = first.reshape(len(first), -1), second.reshape(len(second), -1)
+    error = (first.var(dim=0) / len(first) + second.var(dim=0) / len(second)).sqrt()
+    assert ((first.mean(dim=0) - second.mean(dim=0)).abs() <= 5 * error + 1e-9).all(), name
+    spread = first.std(dim=0) > 1e-6
+    ratio = second.std(dim=0)[spread] / first.std(dim=0)[spread]
+    assert ((0.7 < ratio) & (ratio < 1.43)).all(), name
+
+
+@pytest.mark.parametrize("preset, size", [(SimCLRAugment, 32), (MoCoV2Augment, 96)])  # 96 px: with blur
+def test_views_made_on_cuda_are_the_cpu_views_of_the_same_seed(preset, size):
+    """kornia draws the parameters on its generator's device (the CPU unless the module is moved), so one seed gives
+    the same crops, flips and jitter on both devices and the views agree up to rounding (grid_sample, colour
+    conversions). Were an operation to draw on the GPU, its parameters are compared by distribution instead, and
+    so are the views."""
+    images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    augment = preset(size, MEAN, STD)
+    cpu_view, on_cpu = drawn_parameters(augment, images, seed=0)
+    gpu_view, on_gpu = drawn_parameters(augment, images.cuda(), seed=0)
+    assert gpu_view.is_cuda and gpu_view.shape == cpu_view.shape and gpu_view.dtype == cpu_view.dtype
+    assert torch.isfinite(gpu_view).all() and set(on_gpu) == set(on_cpu)
+    assert len({operation for operation, _ in on_cpu}) >= 4  # crop, flip, jitter, grayscale (and blur), normalize
+
+    alike = {name for name in on_cpu if torch.allclose(on_cpu[name], on_gpu[name], atol=1e-6)}
+    for name in set(on_cpu) - alike:
+        assert_same_distribution(on_cpu[name], on_gpu[name], name)
+    difference = (gpu_view.cpu() - cpu_view).abs()
+    if alike == set(on_cpu):
+        assert difference.mean() < 1e-3 and torch.quantile(difference.flatten(), 0.999) < 1e-2
+    else:
+        assert_same_distribution(cpu_view.flatten(1).mean(dim=1), gpu_view.cpu().flatten(1).mean(dim=1), "views")
+    low, high = (0 - max(MEAN)) / min(STD), (1 - min(MEAN)) / min(STD)
+    assert low - 1e-3 <= gpu_view.min().item() and gpu_view.max().item() <= high + 1e-3
+
+
+def test_two_views_of_one_seed_on_cuda_differ_from_each_other_as_on_the_cpu():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = MultiView(SimCLRAugment(32, MEAN, STD))
-    on_cpu, on_gpu = views(images, seed=0), views(images.cuda(), seed=0)
-    for cpu_view, gpu_view in zip(on_cpu, on_gpu):
-        assert gpu_view.is_cuda and gpu_view.shape == cpu_view.shape and gpu_view.dtype == cpu_view.dtype
-        assert torch.isfinite(gpu_view).all()
-        low, high = (0 - max(MEAN)) / min(STD), (1 - min(MEAN)) / min(STD)
-        assert low - 1e-3 <= gpu_view.min().item() and gpu_view.max().item() <= high + 1e-3
-        # different generators draw different crops, but over 512 images the statistics agree
-        assert abs(gpu_view.mean().item() - cpu_view.mean().item()) < 0.1
-        assert abs(gpu_view.std().item() - cpu_view.std().item()) < 0.1
+    first, second = views(images.cuda(), seed=0)
+    assert not torch.allclose(first, second)
+    assert all(torch.equal(a, b) for a, b in zip(views(images.cuda(), seed=0), (first, second)))  # reproducible
 
 
 def test_jpeg_folder_decoded_on_the_gpu_matches_the_cpu_decode(tmp_path):
@@ -85,23 +132,92 @@ def test_steps_under_mixed_precision_stay_finite_and_lower_the_loss(method, prec
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
+def test_a_real_fp16_overflow_skips_the_step_and_moves_neither_the_lr_nor_the_step_count():
+    # a loss scale of 2^127 makes the scaled loss overflow float32: the scaler must skip the step
+    accelerator = _fresh_accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=2.0 ** 127)])
+    config = load_config(None, ["model.backbone=small_cnn", "model.projection_hidden_dim=64",
+                                "model.projection_dim=32", "loss.sec_weight=0.1", "optim.lr=0.05"])
+    torch.manual_seed(0)
+    model = build_method(config, 3)
+    optimizer = build_optimizer(model, config)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=2, max_epochs=10)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    progress, watch = Progress(), NonFiniteWatch(accelerator)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    views = MultiView(SimCLRAugment(32, MEAN, STD))(images, seed=0)
+    weights, lr = [p.detach().clone() for p in model.parameters()], scheduler.get_last_lr()
+
+    out = train_step(accelerator, model, optimizer, views)
+    assert torch.isfinite(out.total) and accelerator.optimizer_step_was_skipped
+    assert not _advance(accelerator, scheduler, progress, watch)
+    assert progress.step == 0 and scheduler.last_epoch == 0 and scheduler.get_last_lr() == lr
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert watch.skipped_steps == 1 and accelerator.scaler.get_scale() == 2.0 ** 126
+    watch.check(steps_per_epoch=5)  # an overflow at a scale far above 1: the scaler's business, not an error
+
+    accelerator.scaler.update(new_scale=2.0 ** 10)
+    train_step(accelerator, model, optimizer, views)
+    assert not accelerator.optimizer_step_was_skipped and _advance(accelerator, scheduler, progress, watch)
+    assert progress.step == 1 and scheduler.last_epoch == 1 and scheduler.get_last_lr() != lr
+    assert not all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
 @pytest.mark.parametrize("compile_model", [False, True])
-def test_cuda_run_with_channels_last_and_compile_writes_a_backbone(npz_root, tmp_path, compile_model):
+def test_cuda_run_with_sec_channels_last_and_compile_writes_a_backbone_and_compiles_once(npz_root, tmp_path,
+                                                                                           monkeypatch, compile_model):
+    graphs, before_step = [], Method.before_step
+    monkeypatch.setattr(Method, "before_step", lambda self, step, total: (
+        graphs.append(counters["stats"]["unique_graphs"]), before_step(self, step, total)))
+    torch._dynamo.reset()
+    counters.clear()
     _fresh_accelerator(mixed_precision="bf16")
     run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", "trainer.mixed_precision=bf16",
-                                                "trainer.channels_last=true", f"trainer.compile={compile_model}")))
+                                                "trainer.channels_last=true", f"trainer.compile={compile_model}",
+                                                "trainer.eval_every=0", "loss.sec_weight=0.5",
+                                                "loss.sec_schedule=linear")))
     assert (run / "backbone.safetensors").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len({row["sec_weight"] for row in rows if "total" in row}) == len(graphs) == 8
+    if compile_model:  # inductor compiles the networks in the first step, and never again
+        assert graphs[1] >= 2 and graphs[1:] == [graphs[1]] * 7
+    torch._dynamo.reset()
+
+
+def test_the_moco_queue_is_written_without_waiting_for_the_gpu():
+    queue = KeyQueue(MemoryBankModule((64, 16))).cuda()
+    keys = torch.randn(5, 16, 16, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host read raises
+    try:
+        for batch in keys:
+            queue(batch, update=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(queue.bank_ptr) == 5 * 16 % 64
+    assert torch.equal(queue.bank[torch.arange(64, 80) % 64], keys[4])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_two_gpus_gather_negatives_and_fill_the_queue_over_nccl(npz_root, tmp_path, method):
+    """As tests/engine/test_trainer.py's two CPU processes, over NCCL."""
+    run = tmp_path / "run"
     process = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "scripts" / "pretrain.py"), *_overrides(npz_root, tmp_path / "run", f"method={method}")],
-        capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ))
+        torchrun(REPO / "scripts" / "pretrain.py", *_overrides(npz_root, run, f"method={method}",
+                                                               "trainer.checkpoint_every=0", "moco.queue_size=512")),
+        capture_output=True, text=True, timeout=600, cwd=REPO, env=gpu_env())
     assert process.returncode == 0, process.stderr[-3000:]
-    assert (tmp_path / "run" / "backbone.safetensors").is_file()
+    assert (run / "backbone.safetensors").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "total" in row]
+    assert len(steps) == 8 and all(math.isfinite(row["total"]) for row in steps)
+    if method == "simclr":
+        # 16 images per process, 32 per step: with the negatives of both processes the first loss is
+        # near log(2 * 32 - 1) = 4.14; with this process's alone it would be near log(2 * 16 - 1) = 3.43.
+        assert steps[0]["contrastive"] > math.log(47)
+    if method == "moco":
+        checkpoint = torch.load(next((run / "checkpoints").glob("step_*")) / "pytorch_model.bin", weights_only=False,
+                                map_location="cpu")
+        assert int(checkpoint["criterion._extra_state"]["bank_ptr"]) == 8 * 32  # keys of both processes
 
 
 @pytest.mark.parametrize("script", ["bench_augment.py", "bench_train.py"])
@@ -110,6 +226,6 @@ def test_benchmarks_run_on_cuda(npz_root, script):
             ["--steps", "3", "--repeats", "1", "--workers", "2", "data.name=npz", f"data.root={npz_root}",
              "data.val_size=null", "trainer.batch_size=16"])
     process = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--device", "cuda", *args],
-                             capture_output=True, text=True, timeout=600, cwd=REPO)
+                             capture_output=True, text=True, timeout=600, cwd=REPO, env=gpu_env())
     assert process.returncode == 0, process.stderr[-3000:]
     assert "device cuda" in process.stdout

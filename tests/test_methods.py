@@ -204,3 +204,38 @@ def test_pretrained_weights_start_training_but_stay_out_of_the_saved_spec_and_th
                                                                               else "trunk.conv1.weight"], state["conv1.weight"])
     baseline = random_backbone(config, 3)
     assert not torch.equal((baseline.trunk if method == "metric" else baseline).conv1.weight, state["conv1.weight"])
+
+
+@pytest.mark.parametrize("queue_size", [32, 20])
+def test_moco_queue_is_a_ring_written_on_the_device_as_lightly_writes_it_when_the_batch_divides_it(queue_size):
+    from lightly.models.modules.memory_bank import MemoryBankModule
+
+    from sslsec.methods.moco import KeyQueue
+
+    torch.manual_seed(0)
+    lightly_bank = MemoryBankModule((queue_size, 4), feature_dim_first=False)
+    rng_after_lightly = torch.get_rng_state()
+    queue = KeyQueue(lightly_bank)
+    assert torch.equal(torch.get_rng_state(), rng_after_lightly)  # taking over draws no random numbers
+    assert torch.equal(queue.bank, lightly_bank.bank) and queue.bank_ptr.dtype == torch.long
+
+    keys = torch.randn(6 * 8, 4)
+    for step, batch in enumerate(keys.split(8)):
+        lightly_bank(batch, update=True)
+        _, returned = queue(batch, update=True)
+        assert int(queue.bank_ptr) == (step + 1) * 8 % queue_size
+        if queue_size % 8 == 0:
+            assert torch.equal(queue.bank, lightly_bank.bank) and torch.equal(queue.bank_ptr, lightly_bank.bank_ptr)
+    # a ring: the newest queue_size keys, each at its position modulo queue_size (lightly cuts them at the end)
+    newest = torch.arange(len(keys) - queue_size, len(keys))
+    assert torch.equal(queue.bank[newest % queue_size], keys[newest])
+    with pytest.raises(ValueError, match="raise moco.queue_size to at least the global batch"):
+        queue(torch.randn(queue_size + 1, 4), update=True)
+
+
+def test_moco_takes_over_its_loss_memory_bank_as_a_key_queue():
+    from sslsec.methods.moco import KeyQueue
+
+    model = build_method(_config("moco"), in_channels=1)
+    assert isinstance(model.criterion.loss.memory_bank, KeyQueue) and model.criterion.loss.memory_bank.size == (64, 16)
+    assert set(model.criterion.state_dict()["_extra_state"]) == {"bank", "bank_ptr"}  # still checkpointed

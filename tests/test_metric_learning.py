@@ -18,6 +18,7 @@ from sslsec.methods import build_method
 from sslsec.methods.metric import METRIC_LOSSES, SemihardTripletLoss, metric_loss
 from sslsec.models import Embedder, load_backbone
 from tests.fixtures import write_cub200, write_npz
+from tests.launch import cpu_env
 
 ROOT = Path(__file__).parents[1]
 
@@ -115,7 +116,7 @@ def test_a_metric_run_monitors_retrieval_and_the_retrieval_command_scores_it(six
     assert all(0 <= r["map_at_r"] <= 100 for r in monitored)
 
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "retrieval.py"), "--run", str(run)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=cpu_env())
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads((run / "retrieval.json").read_text())
     assert set(scores) == {"val", "test"} and scores["test"]["classes"] == 2 and scores["test"]["images"] == 12
@@ -123,7 +124,8 @@ def test_a_metric_run_monitors_retrieval_and_the_retrieval_command_scores_it(six
     assert "MAP@R" in result.stdout and "test" in result.stdout
 
     random = subprocess.run([sys.executable, str(ROOT / "scripts" / "retrieval.py"), "--random-init", "--config",
-                             str(run / "config.yaml")], capture_output=True, text=True, timeout=300)
+                             str(run / "config.yaml")], capture_output=True, text=True, timeout=300,
+                             env=cpu_env())
     assert random.returncode == 0, random.stderr[-2000:]
     assert (run / "random_init" / "retrieval.json").is_file()
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import cpu_env
+
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -20,7 +22,7 @@ def test_short_simclr_sec_pretraining_beats_random_weights_on_the_validation_spl
     for command in (["pretrain.py", "--config", config, "--probe", *scale],
                     ["linear_probe.py", "--random-init", "--config", config, *scale]):
         process = subprocess.run([sys.executable, str(REPO / "scripts" / command[0]), *command[1:]],
-                                 capture_output=True, text=True, timeout=600, cwd=REPO)
+                                 capture_output=True, text=True, timeout=600, cwd=REPO, env=cpu_env())
         assert process.returncode == 0, process.stderr[-2000:]
     trained = json.loads((tmp_path / "run" / "linear_probe.json").read_text())
     random = json.loads((tmp_path / "run" / "random_init" / "linear_probe.json").read_text())
@@ -38,7 +40,7 @@ def test_short_metric_learning_beats_random_weights_on_unseen_classes_in_map_at_
                     ["retrieval.py", "--run", str(tmp_path / "run")],
                     ["retrieval.py", "--random-init", "--config", config, *scale]):
         process = subprocess.run([sys.executable, str(REPO / "scripts" / command[0]), *command[1:]],
-                                 capture_output=True, text=True, timeout=600, cwd=REPO)
+                                 capture_output=True, text=True, timeout=600, cwd=REPO, env=cpu_env())
         assert process.returncode == 0, process.stderr[-2000:]
     trained = json.loads((tmp_path / "run" / "retrieval.json").read_text())["test"]
     random = json.loads((tmp_path / "run" / "random_init" / "retrieval.json").read_text())["test"]

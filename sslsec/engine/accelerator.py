@@ -2,10 +2,18 @@
 
 ``torchrun`` and ``accelerate launch --multi_gpu`` start one process per rank; on a machine
 without a GPU the processes must then talk over gloo, which accelerate does only when told
-to use the CPU. :func:`make_accelerator` tells it so whenever no accelerator device exists,
-and splits the CPU cores between the processes instead of oversubscribing them. It also
-resolves ``mixed_precision="auto"`` (and refuses fp16 on a CPU) against the device it picks,
-by :func:`sslsec.engine.precision.resolve_precision`.
+to use the CPU. :func:`make_accelerator` tells it so whenever no accelerator device exists or
+``ACCELERATE_USE_CPU`` is set (``accelerate launch --cpu``; tests set it), and splits the CPU cores
+between the processes instead of oversubscribing them. It also resolves ``mixed_precision="auto"``
+(and refuses fp16 on a CPU) against the device it picks, by
+:func:`sslsec.engine.precision.resolve_precision`.
+
+DDP is told not to broadcast buffers (``broadcast_buffers=False``): by default it copies every buffer of
+rank 0 to the others before each forward, MoCo's 4096 x 128 queue included, although the queue is
+already the same on every process (filled with the keys of all of them). BatchNorm's running statistics
+are the only buffers that differ between processes; training never reads them (BatchNorm uses the batch's
+statistics in training mode), and the trainer gives every process rank 0's before it evaluates
+(``_share_batchnorm_statistics``), while checkpoints and the saved backbone are rank 0's.
 """
 
 from __future__ import annotations
@@ -15,24 +23,25 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 
 from sslsec.engine.precision import resolve_precision
 
 
 def make_accelerator(**kwargs: Any) -> Accelerator:
-    """An ``Accelerator(**kwargs)``, on the CPU (gloo across processes) when there is no GPU or ``cpu=True``.
+    """An ``Accelerator(**kwargs)``, on the CPU (gloo across processes) when there is no GPU, ``cpu=True`` or
+    ``ACCELERATE_USE_CPU`` is set; its DDP wrapper broadcasts no buffers (see the module's docstring).
 
     ``mixed_precision`` may be ``"auto"`` (see :func:`~sslsec.engine.precision.resolve_precision`); the
     precision in force is ``accelerator.mixed_precision``, and why, in one line, ``accelerator.precision_reason``.
     Without ``mixed_precision``, accelerate's own setting holds (``accelerate launch --mixed_precision``).
     """
-    if not torch.accelerator.is_available():
+    if not torch.accelerator.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
         kwargs.setdefault("cpu", True)
+    kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(broadcast_buffers=False)])
     reason = "accelerate's setting (accelerate launch --mixed_precision, else no)"
     if kwargs.get("mixed_precision") is not None:
-        on_cpu = kwargs.get("cpu") or parse_flag_from_env("ACCELERATE_USE_CPU")  # accelerate launch --cpu
-        device = "cpu" if on_cpu else torch.accelerator.current_accelerator()
+        device = "cpu" if kwargs.get("cpu") else torch.accelerator.current_accelerator()
         kwargs["mixed_precision"], reason = resolve_precision(kwargs["mixed_precision"], device)
     accelerator = Accelerator(**kwargs)
     accelerator.precision_reason = reason

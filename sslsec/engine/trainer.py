@@ -14,10 +14,10 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
@@ -71,32 +71,51 @@ def _micro_batch(config: Config, num_processes: int) -> int:
 
 
 class NonFiniteWatch:
-    """The first optimizer step whose loss was NaN or Inf, kept on the device.
+    """The first optimizer step whose loss was NaN or Inf, kept on the device; and the steps fp16 skipped.
 
     :meth:`record` runs every step without reading anything back from the device; :meth:`check` gathers
     the record of every process (one collective, taken by all of them at the same steps, so a NaN on one
     process never leaves the others waiting) and raises :class:`TrainingError` naming the step. The trainer
     checks at every log interval and before every checkpoint, so no checkpoint is written after a bad step.
+
+    Under fp16 the loss scaler skips a step whose scaled gradients overflowed and halves its scale: that is how
+    loss scaling finds its scale, not a diverged run (:meth:`record_skipped_step`). A run has diverged when the
+    loss itself is not finite, or when the scaler still skips at a loss scale of 1 or less: then the gradients
+    are not finite even unscaled. Every process sees the same skips (the scaler reads the all-reduced gradients).
     """
 
     def __init__(self, accelerator) -> None:
         self.accelerator = accelerator
         self.first_bad = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
+        self.skipped_steps = 0
+        self.bad_gradients: Optional[Tuple[int, float]] = None  # (step, loss scale) of the first unscaled overflow
 
     def record(self, loss: torch.Tensor, step: int) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
+    def record_skipped_step(self, step: int, loss_scale: Optional[float]) -> None:
+        """The fp16 loss scaler skipped optimizer step ``step``, taken at ``loss_scale`` (None: not known)."""
+        self.skipped_steps += 1
+        if loss_scale is not None and loss_scale <= 1 and self.bad_gradients is None:
+            self.bad_gradients = (step, loss_scale)
+
     def check(self, steps_per_epoch: int, checkpoints: Optional[Checkpoints] = None) -> None:
         firsts = self.accelerator.gather(self.first_bad)
         firsts = firsts[firsts >= 0]
-        if len(firsts) == 0:
+        if len(firsts) == 0 and self.bad_gradients is None:
             return
-        step = int(firsts.min())
         latest = checkpoints.latest() if checkpoints is not None else None
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        if len(firsts) and (self.bad_gradients is None or int(firsts.min()) <= self.bad_gradients[0]):
+            step = int(firsts.min())
+            what = f"non-finite loss at step {step} (epoch {step // steps_per_epoch + 1})"
+        else:
+            step, scale = self.bad_gradients
+            what = (f"non-finite gradients at step {step} (epoch {step // steps_per_epoch + 1}), skipped by the fp16 "
+                    f"loss scaler at a loss scale of {scale:g}, so not from the scaling")
         raise TrainingError(
-            f"non-finite loss at step {step} (epoch {step // steps_per_epoch + 1}); {kept}. "
+            f"{what}; {kept}. "
             "Lower optim.lr, raise optim.warmup_epochs, or use trainer.mixed_precision=bf16 or no instead of fp16."
         )
 
@@ -105,7 +124,8 @@ class StopRequest:
     """SIGTERM (a cluster pre-empting the job) or SIGINT (Ctrl-C) asks the run to stop at a step boundary.
 
     The handlers only set a flag. One process decides alone at every step; several agree at every log
-    interval (one all-reduce, taken by all of them at the same step), so each checkpoints the same step.
+    interval (accelerate's ``set_trigger`` / ``check_trigger``: one all-reduce, taken by all of them at the same
+    step), so each checkpoints the same step.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -124,8 +144,9 @@ class StopRequest:
             return self.signal_name is not None
         if step % interval:
             return False
-        flag = torch.tensor(float(self.signal_name is not None), device=self.accelerator.device)
-        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+        if self.signal_name is not None:
+            self.accelerator.set_trigger()  # not in the handler: no device work inside a signal handler
+        if self.accelerator.check_trigger():  # one all-reduce of every process's trigger
             self.signal_name = self.signal_name or "a signal to another process"
             return True
         return False
@@ -163,6 +184,8 @@ def pretrain(config: Config) -> Path:
     _check_view_size(model.backbone, train.channels, view_size(config, train), config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.trainer.compile:
+        model.compile_networks()  # backbone and head only: the loss and the DDP wrapper stay eager
     set_seed(config.trainer.seed, device_specific=True)  # different views on every process
     optimizer = build_optimizer(model, config)
     loader = BatchLoader(
@@ -188,7 +211,6 @@ def pretrain(config: Config) -> Path:
     accelerator.register_for_checkpointing(scheduler, progress)
     views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last),
                       n_views=accelerator.unwrap_model(model).n_views)
-    forward = torch.compile(model) if config.trainer.compile else model
     watch = NonFiniteWatch(accelerator)
 
     paths = RunPaths(output_dir)
@@ -224,31 +246,31 @@ def pretrain(config: Config) -> Path:
                 if progress.batch % accumulation == 0:
                     core.before_step(progress.step, total_steps)  # the method's hooks: SEC schedule, MoCo momentum
                 with accelerator.accumulate(model):
-                    out = train_step(accelerator, forward, optimizer, views(images), labels)
+                    out = train_step(accelerator, model, optimizer, views(images), labels)
                 watch.record(out.total, progress.step)
                 progress.batch += 1
                 log.add(out._asdict(), len(images))
                 if accelerator.sync_gradients:
-                    scheduler.step()
-                    progress.step += 1
+                    if not _advance(accelerator, scheduler, progress, watch):
+                        continue  # skipped by the fp16 loss scaler: the same step again, with the next batch
                     bar.update(1)
                     if progress.step % config.trainer.log_every == 0:
                         watch.check(steps_per_epoch, checkpoints)
-                        row = _flush(log, progress, scheduler, config, core)
+                        row = _flush(log, progress, scheduler, config, core, watch)
                         bar.set_postfix(loss=f"{row['total']:.3f}", norm_std=f"{row['norm_std']:.3f}")
                     every = config.trainer.checkpoint_every_steps
                     if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
                         _checked_save(watch, checkpoints, progress, log, steps_per_epoch)  # epoch ends: below
                     limit = config.trainer.max_steps and progress.step >= config.trainer.max_steps
                     if limit or stop.requested(progress.step, config.trainer.log_every):
-                        _flush(log, progress, scheduler, config, core)
+                        _flush(log, progress, scheduler, config, core, watch)
                         saved = _checked_save(watch, checkpoints, progress, log, steps_per_epoch)
                         bar.close()
                         accelerator.print(_stop_message(config, accelerator, progress, saved,
                                                         None if limit else stop.signal_name))
                         finish_trackers(accelerator)
                         return output_dir
-            _flush(log, progress, scheduler, config, core)  # the epoch's last, partial log interval
+            _flush(log, progress, scheduler, config, core, watch)  # the epoch's last, partial log interval
             progress.epoch, progress.batch = progress.epoch + 1, 0
             watch.check(steps_per_epoch, checkpoints)  # before the epoch's kNN monitor and checkpoint
             _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoints, log)
@@ -265,11 +287,14 @@ def pretrain(config: Config) -> Path:
         stop.restore()  # the caller's own signal handlers are back after the run, whatever happened
 
 
-def _flush(log: MetricsLog, progress: Progress, scheduler, config: Config, core: nn.Module) -> Optional[dict]:
+def _flush(log: MetricsLog, progress: Progress, scheduler, config: Config, core: nn.Module,
+           watch: NonFiniteWatch) -> Optional[dict]:
     """Write the steps logged since the last row (a whole ``trainer.log_every`` interval, or the partial one an
-    epoch or a stop ends with) as one metrics.jsonl row; None when there are none."""
+    epoch or a stop ends with) as one metrics.jsonl row; None when there are none. Under fp16 the row also counts
+    the steps the loss scaler skipped so far."""
+    skipped = {} if watch.accelerator.scaler is None else {"skipped_steps": watch.skipped_steps}
     return log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale)
+                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale, **skipped)
 
 
 def _stop_message(config: Config, accelerator, progress: Progress, saved: Path, signal_name: Optional[str]) -> str:
@@ -308,6 +333,20 @@ def _checked_save(watch: NonFiniteWatch, checkpoints: Checkpoints, progress: Pro
     return checkpoints.save(progress.step)
 
 
+def _advance(accelerator, scheduler, progress: Progress, watch: NonFiniteWatch) -> bool:
+    """After an optimizer step: the LR schedule and the step count move on (``True``), unless the fp16 loss scaler
+    skipped the step (its scaled gradients overflowed; it lowered its scale instead), which trained nothing: then
+    ``progress.step``, and so the LR, the SEC weight and MoCo's momentum, stay for the next batch (``False``)."""
+    if accelerator.optimizer_step_was_skipped:
+        scaler = accelerator.scaler  # the scale was halved after the skip: the step was taken at twice it
+        loss_scale = None if scaler is None else scaler.get_scale() / scaler.get_backoff_factor()
+        watch.record_skipped_step(progress.step, loss_scale)
+        return False
+    scheduler.step()
+    progress.step += 1
+    return True
+
+
 def train_step(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, views,
                labels: Optional[torch.Tensor] = None) -> SECLossOutput:
     """One micro-batch: forward under autocast, backward, optimizer step (a no-op while accumulating).
@@ -328,7 +367,7 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
     is one) and the epoch's checkpoint."""
     epoch, last = progress.epoch, progress.epoch == config.trainer.epochs
     if config.trainer.eval_every and (epoch % config.trainer.eval_every == 0 or last):
-        _share_batchnorm_statistics(accelerator, core.backbone)
+        _share_batchnorm_statistics(core.backbone)
         split, dataset = monitor
         scores = core.monitor(train, dataset, config, accelerator)
         log.write({"step": progress.step, "epoch": epoch, **scores, "monitor_split": split}, progress.step)
@@ -339,12 +378,11 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
         checkpoints.save(progress.step)
 
 
-def _share_batchnorm_statistics(accelerator, backbone: nn.Module) -> None:
-    """Give every process the main process's buffers (BatchNorm running statistics), which DDP lets drift by the
-    last step's update: the kNN monitor then scores, on every process, the backbone that is saved."""
-    if accelerator.num_processes > 1:
-        for buffer in backbone.buffers():
-            torch.distributed.broadcast(buffer, src=0)
+def _share_batchnorm_statistics(backbone: nn.Module) -> None:
+    """Give every process the main process's buffers (BatchNorm running statistics), which drift apart because DDP
+    broadcasts no buffers (``make_accelerator``): the kNN monitor then scores, on every process, the backbone that is
+    saved. In place; nothing to do in one process."""
+    broadcast(list(backbone.buffers()), from_process=0)
 
 
 def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> None:

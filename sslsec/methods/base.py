@@ -53,6 +53,18 @@ class Method(nn.Module):
     def forward(self, view0: Tensor, view1: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         raise NotImplementedError
 
+    def networks(self) -> List[nn.Module]:
+        """The networks a step runs through: the backbone and the head (what :meth:`compile_networks` compiles)."""
+        return [self.backbone, self.head]
+
+    def compile_networks(self, **options: Any) -> None:
+        """``torch.compile`` each of :meth:`networks` in place (``nn.Module.compile(**options)``; parameter names
+        and checkpoints stay as they are), and nothing else: the loss stays eager, because the SEC weight changes at
+        every step of the linear schedule (a constant in a compiled graph would recompile it) and lightly's NT-Xent
+        indexes by boolean masks; under DDP, the wrapper stays eager around the compiled networks."""
+        for network in self.networks():
+            network.compile(**options)
+
     def parameter_groups(self) -> List[Tuple[List[nn.Module], float]]:
         """``(modules, lr factor)`` pairs for the optimizer: everything trained, at the base lr."""
         return [([self.backbone, self.head, self.criterion], 1.0)]

@@ -4,7 +4,6 @@ PNGs, reuse, resume and its errors."""
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from sslsec.data import load_splits
 from sslsec.engine import pretrain
 from sslsec.eval import extract_features
 from sslsec.runs import load_saved_backbone
+from tests.launch import cpu_env, torchrun
 
 ROOT = Path(__file__).parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -173,7 +173,7 @@ def test_an_unknown_variant_is_one_clear_error_before_any_work(npz_root, tmp_pat
     assert not (tmp_path / "study").exists()
 
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "--variants", "L2",
-                              f"output_dir={tmp_path / 'study'}"], capture_output=True, text=True)
+                              f"output_dir={tmp_path / 'study'}"], capture_output=True, text=True, env=cpu_env())
     assert process.returncode == 2 and "Traceback" not in process.stderr and "valid variants" in process.stderr
 
 
@@ -196,13 +196,10 @@ def test_summary_shows_mean_and_sample_std_over_seeds():
 
 @pytest.mark.slow
 def test_two_processes_run_the_study_and_only_the_main_one_writes(npz_root, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "scripts" / "study.py"),
-         "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64", "loss.sec_weight=1.0",
-         *_overrides(npz_root, tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        torchrun(ROOT / "scripts" / "study.py", "--variants", "sec_ema", "--seeds", "1", "--diagnostics-n", "64",
+                 "loss.sec_weight=1.0", *_overrides(npz_root, tmp_path)),
+        capture_output=True, text=True, env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=ROOT)
     assert process.returncode == 0, process.stderr[-3000:]
     [row] = json.loads((tmp_path / "study.json").read_text())
     assert row["variant"] == "sec_ema" and row["sec_momentum"] == 0.1 and row["sec_weight"] == 1.0

@@ -15,8 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch import cpu_env, torchrun
+
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: bit-identical reductions
+ENV = cpu_env(OMP_NUM_THREADS="1")  # the CPU, and the same threads in every run: bit-identical reductions
 
 
 def _argv(npz_root, output_dir, *extra):
@@ -52,8 +54,7 @@ def _start_and_wait_for(argv, run_dir, rows):
 
 
 def _torchrun(npz_root, output_dir, *extra):
-    argv = _argv(npz_root, output_dir, *extra)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv[1:]]
+    return torchrun(*_argv(npz_root, output_dir, *extra)[1:])
 
 
 @pytest.mark.slow
@@ -155,11 +156,23 @@ def test_views_too_small_for_the_backbone_are_one_error_before_the_run_directory
 @pytest.mark.slow
 def test_a_nan_on_one_of_two_processes_stops_both_without_a_hang(npz_root, tmp_path):
     hook = Path(__file__).parent / "nan_on_rank1"
-    env = {**ENV, "SSLSEC_TEST_NAN_STEP": "3", "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get(
-        "PYTHONPATH", "")])}
+    env = cpu_env([str(hook)], OMP_NUM_THREADS="1", SSLSEC_TEST_NAN_STEP="3")
     process = subprocess.run(_torchrun(npz_root, tmp_path / "run", "trainer.log_every=4"), capture_output=True,
                              text=True, env=env, cwd=REPO, timeout=300)  # a hang would time out here
     assert process.returncode != 0
-    assert process.stderr.count("non-finite loss at step 3 (epoch 0)") == 2  # each process names the same step
+    assert process.stderr.count("non-finite loss at step 3 (epoch 1)") == 2  # each process names the same step
     saved = [int(path.name.split("_")[1]) for path in (tmp_path / "run" / "checkpoints").glob("step_*")]
     assert saved and max(saved) <= 3  # checkpoints of steps 1-3 (every step), none after the bad one
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_with_one_checkpoint(npz_root, tmp_path):
+    hook = Path(__file__).parent / "sigterm_on_rank1"
+    env = cpu_env([str(hook)], OMP_NUM_THREADS="1", SSLSEC_TEST_SIGTERM_CALL="3")  # during step 3 of rank 1
+    run_dir = tmp_path / "run"
+    process = subprocess.run(_torchrun(npz_root, run_dir, "trainer.log_every=4", "trainer.checkpoint_every_steps=null"),
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # a hang times out
+    assert process.returncode == 0, process.stderr[-2000:]
+    # the processes agree at the next log interval (step 4): both save it, then stop
+    assert [path.name for path in (run_dir / "checkpoints").glob("step_*")] == ["step_00000004"]
+    assert _steps(run_dir) == [4] and not (run_dir / "backbone.safetensors").exists()

@@ -128,3 +128,14 @@ def test_a_run_started_under_auto_resumes_on_a_cpu_of_the_other_kind(npz_root, t
     assert [(r["step"], r["mixed_precision"]) for r in rows if "mixed_precision" in r] == [(0, "bf16"), (2, "no")]
     steps = [r["step"] for r in rows if "total" in r]
     assert steps == list(range(1, 9)) and all(torch.isfinite(torch.tensor([r["total"] for r in rows if "total" in r])))
+
+
+def test_accelerate_use_cpu_pins_the_cpu_even_where_a_gpu_exists(monkeypatch):
+    """Tests not marked gpu set ACCELERATE_USE_CPU (tests/conftest.py), as ``accelerate launch --cpu`` does: the
+    device must follow it, not only the precision that ``auto`` resolves to."""
+    _cpu_bf16(monkeypatch, False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)  # a machine with a GPU
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args, **kwargs: torch.device("cuda"))
+    accelerator = make_accelerator(mixed_precision="auto")
+    assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "no"
+    assert accelerator.ddp_handler.broadcast_buffers is False  # MoCo's queue is not sent at every forward

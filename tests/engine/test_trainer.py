@@ -1,9 +1,7 @@
 import json
 import math
-import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from safetensors.torch import load_file
 from sslsec.config import ConfigError, load_config
 from sslsec.models import load_backbone
 from sslsec.engine import TrainingError, pretrain
+from tests.launch import cpu_env, torchrun
 
 ROOT = Path(__file__).parents[2]
 
@@ -123,13 +122,10 @@ def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # --standalone: the rendezvous store binds a free port itself (no port picked first and bound later).
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "scripts" / "pretrain.py"), *_overrides(npz_root, run, f"method={method}",
-                                                            "trainer.checkpoint_every=0", "moco.queue_size=512")],
-        capture_output=True, text=True, env=env, timeout=600,
+        torchrun(ROOT / "scripts" / "pretrain.py", *_overrides(npz_root, run, f"method={method}",
+                                                               "trainer.checkpoint_every=0", "moco.queue_size=512")),
+        capture_output=True, text=True, env=cpu_env(OMP_NUM_THREADS="1"), timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     steps, knn = _metrics(run)
@@ -184,3 +180,58 @@ def test_a_stop_logs_its_partial_interval_and_prints_the_command_that_resumes_it
     assert (run_dir / "backbone.safetensors").is_file()
     steps, _ = _metrics(run_dir)  # the stop's partial interval, then the rest of epoch 1, then epoch 2
     assert [(row["step"], row["epoch"], row["steps"]) for row in steps] == [(3, 1, 3), (5, 1, 2), (10, 2, 5)]
+def test_steps_the_fp16_loss_scaler_skips_move_neither_the_schedules_nor_the_step_count(npz_root, tmp_path,
+                                                                                        monkeypatch):
+    """fp16 needs a GPU, so the scaler's verdict is mocked here (tests/test_gpu.py overflows a real one): the 3rd
+    and 4th of 8 batches overflow. The run then takes 6 steps whose LR, SEC weight and MoCo momentum are those of
+    the first 6 steps of a run without overflow, and MoCo's key encoder moves once per step taken."""
+    from accelerate import Accelerator
+
+    from sslsec.methods import MoCo
+
+    steps, momenta = [], []
+    before_step, update = MoCo.before_step, MoCo.update_momentum_encoder
+    monkeypatch.setattr(MoCo, "before_step", lambda self, step, total: steps.append(step) or
+                        before_step(self, step, total))
+    monkeypatch.setattr(MoCo, "update_momentum_encoder", lambda self, m: momenta.append(m) or update(self, m))
+    extra = ["method=moco", "moco.batch_norm=none", "moco.cosine_momentum=true", "loss.sec_weight=0.5",
+             "loss.sec_schedule=linear", "optim.warmup_epochs=1", "trainer.eval_every=0"]
+    reference = _metrics(pretrain(load_config(None, _overrides(npz_root, tmp_path / "reference", *extra))))[0]
+    reference_momenta, momenta[:], steps[:] = list(momenta), [], []
+
+    verdicts = iter([False, False, True, True, False, False, False, False])
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(verdicts)))
+    run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "skipped", *extra)))
+    rows = _metrics(run)[0]
+
+    assert steps == [0, 1, 2, 2, 2, 3, 4, 5]  # the method is asked for step 2 until one is taken
+    assert [r["step"] for r in rows] == list(range(1, 7)) and [r["epoch"] for r in rows] == [1, 1, 2, 2, 2, 2]
+    for key in ("lr", "sec_weight"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in reference[:6]])
+    assert len({r["sec_weight"] for r in rows}) == 6 and len({r["lr"] for r in rows}) >= 4  # schedules that move
+    assert len(reference_momenta) == 8 and momenta == pytest.approx(reference_momenta[:6])
+    assert sorted(path.name for path in (run / "checkpoints").glob("step_*"))[-1] == "step_00000006"
+
+
+def test_the_watch_tells_a_skipped_fp16_step_from_gradients_that_overflow_unscaled():
+    from sslsec.engine.accelerator import make_accelerator
+    from sslsec.engine.trainer import NonFiniteWatch
+
+    watch = NonFiniteWatch(make_accelerator(mixed_precision="no"))
+    watch.record_skipped_step(2, 65536.0)  # the scaler finding its scale
+    watch.record_skipped_step(3, 32768.0)
+    watch.check(steps_per_epoch=4)
+    assert watch.skipped_steps == 2
+
+    watch.record_skipped_step(5, 1.0)  # overflow without any scaling: a diverged run
+    watch.record_skipped_step(6, 0.5)
+    watch.record(torch.tensor(float("nan")), 6)
+    with pytest.raises(TrainingError, match=r"^non-finite gradients at step 5 \(epoch 2\), skipped by the fp16 loss "
+                                            r"scaler at a loss scale of 1, so not from the scaling; no checkpoint"):
+        watch.check(steps_per_epoch=4)
+
+    earlier_loss = NonFiniteWatch(make_accelerator(mixed_precision="no"))
+    earlier_loss.record(torch.tensor(float("inf")), 4)
+    earlier_loss.record_skipped_step(5, 0.5)
+    with pytest.raises(TrainingError, match=r"^non-finite loss at step 4 \(epoch 2\)"):
+        earlier_loss.check(steps_per_epoch=4)

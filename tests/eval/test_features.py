@@ -1,8 +1,6 @@
 """Feature extraction: order, mode, channel checks, and two processes gathering what one computes."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from sslsec.data import load_splits
 from sslsec.eval import EvaluationError, extract_features, knn_accuracy, linear_probe
 from sslsec.runs import load_run
 from tests.fixtures import small_cnn, template_dataset
+from tests.launch import cpu_env, torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,11 +74,8 @@ if accelerator.is_main_process:
 def test_two_processes_gather_the_same_features_and_scores_as_one(run_dir, tmp_path):
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_EVALUATION)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              str(script),
-                              str(run_dir), str(tmp_path / "out.pt")], capture_output=True, text=True, env=env,
-                             timeout=300, cwd=REPO)
+    process = subprocess.run(torchrun(script, str(run_dir), str(tmp_path / "out.pt")), capture_output=True,
+                             text=True, env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
     assert process.returncode == 0, process.stderr[-3000:]
     sharded = torch.load(tmp_path / "out.pt")
     config, backbone = load_run(run_dir, ["data.test_limit=99"])
