@@ -43,8 +43,9 @@ class MetricsLog:
 
     def flush(self, step: int, epoch: int, **values: float) -> Optional[Dict[str, float]]:
         """Reduce the window (the steps after the last row, up to ``step``) over processes and write it with
-        ``values`` (lr, ...); returns the logged row, or None (nothing written) when the window is empty."""
-        if self.count == 0:  # the same on every process: they all take the same steps
+        ``values`` (lr, ...); returns the logged row, or None (nothing written) when the window is empty or no step
+        was taken in it (batches the fp16 loss scaler skipped: they join the next row)."""
+        if self.count == 0 or step == self.last_step:  # the same on every process: they all take the same steps
             return None
         keys = sorted(self.sums)
         means = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
