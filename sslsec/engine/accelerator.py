@@ -49,3 +49,19 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     if accelerator.device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     return accelerator
+
+
+def describe_processes(accelerator: Accelerator) -> str:
+    """One line for the log of each node of a run in several processes: the processes in all and their backend, the
+    ranks on this node and, on CPUs, the threads of each (``OMP_NUM_THREADS``): CPU kernels sum in another order with
+    another thread count, so runs compared bit for bit need the same on every node.
+
+    ``"processes: 2 (gloo); on this node: rank 1, 1 CPU thread each"``, ``"processes: 16 (nccl); on this node:
+    ranks 8-15"``.
+    """
+    first = accelerator.process_index - accelerator.local_process_index
+    last = first + int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1
+    ranks = f"rank {first}" if first == last else f"ranks {first}-{last}"
+    threads = torch.get_num_threads()
+    on_cpu = f", {threads} CPU thread{'s' if threads > 1 else ''} each" if accelerator.device.type == "cpu" else ""
+    return f"processes: {accelerator.num_processes} ({accelerator.state.backend}); on this node: {ranks}{on_cpu}"

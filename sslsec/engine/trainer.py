@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sslsec.augment import MultiView
 from sslsec.config import Config, ConfigError, save_config
 from sslsec.data import BatchLoader, load_splits
-from sslsec.engine.accelerator import make_accelerator
+from sslsec.engine.accelerator import describe_processes, make_accelerator
 from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, check_same_recipe, resume_path,
                                       truncate_metrics)
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
@@ -167,6 +167,8 @@ def pretrain(config: Config) -> Path:
         project_dir=str(output_dir),
     )
     accelerator.print(f"precision: {accelerator.mixed_precision} ({accelerator.precision_reason})")
+    if accelerator.num_processes > 1:  # printed on every node: each node's log shows the run it joined
+        accelerator.print(describe_processes(accelerator))
     micro_batch = _micro_batch(config, accelerator.num_processes)
     checkpoints = Checkpoints(accelerator, output_dir)
     resume_from = resume_path(config, checkpoints)
