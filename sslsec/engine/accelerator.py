@@ -19,6 +19,7 @@ statistics in training mode), and the trainer gives every process rank 0's befor
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 
 from sslsec.engine.precision import resolve_precision
+
+# Where launchers put the number of processes: torchrun and accelerate (WORLD_SIZE), MPI implementations (the others).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+ALONE = ("MASTER_ADDR is set, but this process runs alone: no launcher gave it WORLD_SIZE and RANK. `accelerate launch "
+         "--cpu` starts one process per machine and joins them only under mpirun (--mpirun_hostfile); on CPUs, launch "
+         "with `accelerate launch --multi_gpu` or torchrun (docs/DISTRIBUTED.md). Machines started this way each "
+         "train alone, into the same output_dir")
 
 
 def make_accelerator(**kwargs: Any) -> Accelerator:
@@ -35,6 +43,8 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     ``mixed_precision`` may be ``"auto"`` (see :func:`~sslsec.engine.precision.resolve_precision`); the
     precision in force is ``accelerator.mixed_precision``, and why, in one line, ``accelerator.precision_reason``.
     Without ``mixed_precision``, accelerate's own setting holds (``accelerate launch --mixed_precision``).
+    Warns when a launcher meant several processes but this one runs alone (``MASTER_ADDR`` without
+    ``WORLD_SIZE``: ``accelerate launch --cpu`` without mpirun).
     """
     if not torch.accelerator.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
         kwargs.setdefault("cpu", True)
@@ -45,6 +55,9 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
         kwargs["mixed_precision"], reason = resolve_precision(kwargs["mixed_precision"], device)
     accelerator = Accelerator(**kwargs)
     accelerator.precision_reason = reason
+    if accelerator.num_processes == 1 and "MASTER_ADDR" in os.environ and \
+            not any(name in os.environ for name in WORLD_SIZE_VARIABLES):
+        warnings.warn(ALONE)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if accelerator.device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))

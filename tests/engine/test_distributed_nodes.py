@@ -1,7 +1,8 @@
 """Many nodes: two torchrun launchers on this machine, acting as two nodes of one process each (a static rendezvous
 on 127.0.0.1), train to the same weights, bit for bit, as one node of two processes, sharing one run directory as
 nodes share a filesystem. Every process runs one CPU thread: with another count, CPU kernels sum in another order.
-docs/DISTRIBUTED.md shows the commands."""
+docs/DISTRIBUTED.md shows the commands. A process that a launcher meant to join others, but that runs alone
+(``accelerate launch --cpu`` across machines without mpirun), says so."""
 
 import json
 import os
@@ -10,12 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sslsec.engine.accelerator import WORLD_SIZE_VARIABLES, make_accelerator
 from tests.engine.test_trainer import _overrides  # the tiny pretraining of the two-process tests
 from tests.launch import REPO, cpu_env, torchrun
 
@@ -99,3 +102,23 @@ def test_two_nodes_of_one_process_train_bit_identically_to_one_node_of_two(npz_r
     assert {p.name for p in final[1].iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl"}  # one per rank
     assert _rows(nodes) == _rows(one_node)
     assert [row["step"] for row in _rows(nodes) if "total" in row] == list(range(1, 9))
+
+
+def test_a_process_meant_to_join_others_that_runs_alone_says_so(monkeypatch):
+    for name in WORLD_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what `accelerate launch --cpu --num_machines 2` gives each machine
+    with pytest.warns(UserWarning, match=r"runs alone.*accelerate launch --multi_gpu` or torchrun"):
+        assert make_accelerator(mixed_precision="no").num_processes == 1
+
+
+@pytest.mark.parametrize("variables", [{}, {"MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "1"}],
+                         ids=["plain_python", "world_size_1"])
+def test_a_process_meant_to_run_alone_does_not_warn(monkeypatch, variables):
+    for name in ("MASTER_ADDR", *WORLD_SIZE_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_accelerator(mixed_precision="no")
