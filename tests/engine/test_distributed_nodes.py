@@ -23,7 +23,7 @@ from tests.engine.test_trainer import _overrides  # the tiny pretraining of the 
 from tests.launch import REPO, cpu_env, torchrun
 
 ENV = cpu_env(OMP_NUM_THREADS="1")
-TIMEOUT = 240  # seconds for all three launchers together; about 30 s on 2 free CPU cores
+TIMEOUT = 240  # seconds for all three launchers together; they take 15 to 30 s on 2 CPU cores
 VOLATILE = {"time", "images_per_s"}  # the only values of metrics.jsonl that depend on the clock
 
 
