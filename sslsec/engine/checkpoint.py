@@ -34,6 +34,7 @@ class Progress:
     batch: int = 0  # micro-batches of the current epoch already consumed
     step: int = 0  # optimizer steps taken
     seconds: float = 0.0  # wall-clock training time before this process started (earlier invocations)
+    processes: int = 1  # the world size that trained up to here
 
     def state_dict(self) -> Dict[str, float]:
         return dataclasses.asdict(self)
@@ -41,6 +42,7 @@ class Progress:
     def load_state_dict(self, state: Dict[str, float]) -> None:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.seconds = state.get("seconds", 0.0)
+        self.processes = state.get("processes", self.processes)  # checkpoints before it was kept: the same
 
 
 MANIFEST = "manifest.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -209,7 +210,7 @@ def pretrain(config: Config) -> Path:
     )
     # The scheduler stays unprepared: accelerate would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
-    progress = Progress()
+    progress = Progress(processes=accelerator.num_processes)
     accelerator.register_for_checkpointing(scheduler, progress)
     views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last),
                       n_views=accelerator.unwrap_model(model).n_views)
@@ -226,6 +227,13 @@ def pretrain(config: Config) -> Path:
             truncate_metrics(paths.metrics, progress.step)  # the steps after the checkpoint are logged again
         accelerator.print(f"resumed from {resume_from} at step {progress.step}, in epoch {progress.epoch + 1} of "
                           f"{config.trainer.epochs}")  # 1-based, as the rows of metrics.jsonl
+        if progress.processes != accelerator.num_processes:
+            if accelerator.is_main_process:
+                warnings.warn(f"this run was checkpointed by {progress.processes} process(es) and resumes with "
+                              f"{accelerator.num_processes}: it goes on with the same global batch and data order, "
+                              "but each rank draws its own views, so it will not be bit-identical to an uninterrupted "
+                              f"run; launch {progress.processes} process(es) for that", stacklevel=2)
+            progress.processes = accelerator.num_processes  # what the next checkpoint records
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight,
                                                 "mixed_precision": accelerator.mixed_precision})
     log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds, step=progress.step)

@@ -235,3 +235,26 @@ def test_the_watch_tells_a_skipped_fp16_step_from_gradients_that_overflow_unscal
     earlier_loss.record_skipped_step(5, 0.5)
     with pytest.raises(TrainingError, match=r"^non-finite loss at step 4 \(epoch 2\)"):
         earlier_loss.check(steps_per_epoch=4)
+
+
+def test_a_resume_with_another_number_of_processes_says_it_will_not_be_bit_identical(npz_root, tmp_path):
+    from sslsec.engine.checkpoint import write_manifest
+
+    run_dir = tmp_path / "run"
+    args = ["trainer.batch_size=16", "data.train_limit=80", "trainer.eval_every=0"]
+    pretrain(load_config(None, _overrides(npz_root, run_dir, *args, "trainer.max_steps=3")))
+    checkpoint = max((run_dir / "checkpoints").glob("step_*"))
+    (state_file,) = [path for path in checkpoint.glob("custom_checkpoint_*.pkl")
+                     if "processes" in torch.load(path, weights_only=False)]
+    state = torch.load(state_file, weights_only=False)
+    assert state["processes"] == 1  # what this one process recorded
+    torch.save({**state, "processes": 2}, state_file)  # as if two processes had trained up to here
+    write_manifest(checkpoint)
+
+    with pytest.warns(UserWarning, match="checkpointed by 2 process.*resumes with 1.*not be bit-identical"):
+        pretrain(load_config(None, _overrides(npz_root, run_dir, *args, "resume=true")))
+    assert (run_dir / "backbone.safetensors").is_file()
+    final = max((run_dir / "checkpoints").glob("step_*"))
+    (state_file,) = [path for path in final.glob("custom_checkpoint_*.pkl")
+                     if "processes" in torch.load(path, weights_only=False)]
+    assert torch.load(state_file, weights_only=False)["processes"] == 1
