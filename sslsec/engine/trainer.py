@@ -209,7 +209,9 @@ def pretrain(config: Config) -> Path:
         max_epochs=total_steps,
     )
     # The scheduler stays unprepared: accelerate would step it once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    with warnings.catch_warnings():  # torch 2.14 renames DDP's broadcast_buffers; its successor syncs them at init
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress(processes=accelerator.num_processes)
     accelerator.register_for_checkpointing(scheduler, progress)
     views = MultiView(build_augment(config, train, channels_last=config.trainer.channels_last),
