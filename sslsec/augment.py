@@ -3,11 +3,15 @@
 Every pipeline takes a batch of images as stored by :mod:`sslsec.data` -- uint8 ``(N, C, H, W)`` in
 [0, 255], or float in [0, 1] -- on the device it lives on, and returns normalized float views there.
 Nothing loops over images in Python: kornia samples one set of random parameters per image and applies
-them to the whole batch at once (crop + resize is a single batched ``grid_sample``).
+them to the whole batch at once (crop + resize is a single batched ``grid_sample``). The contrastive presets
+make all the views of a batch at once (:meth:`AugmentPipeline.views`): kornia's modules draw the parameters,
+one ``grid_sample`` crops, resizes and mirrors every view, and the colour steps run on whole views, which on
+small images saves most of kornia's per-call cost; the views are distributed as the kornia pipeline's
+(tests/test_augment.py compares the two).
 
 Randomness goes through torch's global generators (kornia has no per-module generator). Pass ``seed=``
-to any ``forward`` to draw from a private, seeded copy instead: the output is then reproducible and the
-global random state is left untouched.
+to any ``forward`` or ``views`` to draw from a private, seeded copy instead: the output is then reproducible
+and the global random state is left untouched.
 
 Example::
 
@@ -18,10 +22,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
+from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
+                            adjust_saturation_with_gray_subtraction)
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -72,6 +80,50 @@ def _is_size(size: object) -> bool:
 
 def _pair(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Several crops of every image, each resized to ``size`` by bilinear interpolation, in one ``grid_sample``.
+
+    ``boxes[v, i]`` is ``(x_first, y_first, x_last, y_last)``: the pixel coordinates that the first and the last
+    column and row of view ``v`` of image ``i`` sample (the corners, as kornia's ``RandomResizedCrop(cropping_mode=
+    "resample")`` maps them); ``x_first > x_last`` mirrors the crop. The views of an image are sampled from it
+    stacked along the height, so the batch is never repeated.
+
+    Shapes: images ``(N, C, H, W)`` float, boxes ``(V, N, 4)``; output ``(V, N, C, h, w)``.
+    """
+    n_views, n_images = boxes.shape[:2]
+    (height, width), (out_height, out_width) = images.shape[-2:], size
+    # grid_sample's coordinates with align_corners=True: -1 and 1 are the centres of the edge pixels.
+    scale = torch.tensor([width - 1, height - 1] * 2, dtype=images.dtype).clamp(min=1)
+    first, last = (boxes.transpose(0, 1).to(images.dtype) * (2 / scale) - 1).to(images.device).split(2, dim=-1)
+    x = torch.lerp(first[..., :1], last[..., :1], torch.linspace(0, 1, out_width, device=images.device))
+    y = torch.lerp(first[..., 1:], last[..., 1:], torch.linspace(0, 1, out_height, device=images.device))
+    grid = torch.stack(torch.broadcast_tensors(x[..., None, :], y[..., :, None]), dim=-1)  # (N, V, h, w, 2)
+    grid = grid.view(n_images, n_views * out_height, out_width, 2)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.unflatten(2, (n_views, out_height)).permute(2, 0, 1, 3, 4)
+
+
+# kornia's ColorJitter steps (torchvision's formulas), by their index in its random order: parameter, neutral value
+_JITTER_STEPS = (
+    ("brightness_factor", 1.0, adjust_brightness_accumulative),
+    ("contrast_factor", 1.0, adjust_contrast_with_mean_subtraction),
+    ("saturation_factor", 1.0, adjust_saturation_with_gray_subtraction),
+    ("hue_factor", 0.0, lambda images, turns: adjust_hue(images, turns * 2 * math.pi)),
+)
+
+
+def color_jitter(images: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """kornia's ``ColorJitter`` with the parameters its ``forward_parameters`` drew, applied to the whole batch
+    and kept where ``batch_prob`` is set (kornia cuts that subset out of the batch and writes it back)."""
+    out = images.clamp(0, 1)
+    for index in params["order"].tolist():
+        key, neutral, step = _JITTER_STEPS[index]
+        if (params[key] != neutral).any():
+            out = step(out, params[key])
+    applied = params["batch_prob"].to(device=images.device, dtype=torch.bool).view(-1, 1, 1, 1)
+    return torch.where(applied, out.clamp(0, 1), images)
 
 
 class AugmentPipeline(nn.Module):
@@ -131,11 +183,24 @@ class AugmentPipeline(nn.Module):
 
     def forward(self, images: Tensor, seed: int | None = None) -> Tensor:
         """Augment and normalize one view of every image; ``seed`` makes the draw reproducible."""
+        return self.views(images, 1, seed)[0]
+
+    def views(self, images: Tensor, n_views: int = 2, seed: int | None = None) -> list[Tensor]:
+        """``n_views`` independent views of every image (one random draw each); ``seed`` makes them reproducible.
+
+        Shapes: input ``(N, C, H, W)``; output a list of ``n_views`` tensors ``(N, C, h, w)`` of ``dtype``.
+        """
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
         unit = self.to_unit_float(images)
         with seeded(seed, unit.device):
-            out = self.transforms(unit)
+            views = self.draw_views(unit, n_views)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        return out.to(dtype=self.dtype, memory_format=memory_format)
+        return [view.to(dtype=self.dtype, memory_format=memory_format) for view in views]
+
+    def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
+        """The views of float images in [0, 1], normalized: the kornia pipeline once per view."""
+        return [self.transforms(unit) for _ in range(n_views)]
 
 
 class ContrastiveAugment(AugmentPipeline):
@@ -184,22 +249,48 @@ class ContrastiveAugment(AugmentPipeline):
         if blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd, got {blur_kernel_size}")
         # "resample" crops with one batched grid_sample; kornia's default "slice" loops over images.
-        transforms: list[nn.Module] = [
-            K.RandomResizedCrop((height, width), scale=crop_scale, ratio=crop_ratio, cropping_mode="resample"),
-        ]
+        ops: dict[str, nn.Module] = {
+            "crop": K.RandomResizedCrop((height, width), scale=crop_scale, ratio=crop_ratio, cropping_mode="resample"),
+        }
         if hflip_prob > 0:
-            transforms.append(K.RandomHorizontalFlip(p=hflip_prob))
+            ops["flip"] = K.RandomHorizontalFlip(p=hflip_prob)
         if jitter_prob > 0:
             saturation, hue = (saturation, hue) if color else (0.0, 0.0)
-            transforms.append(K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_prob))
+            ops["jitter"] = K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_prob)
         if grayscale_prob > 0 and color:
-            transforms.append(K.RandomGrayscale(p=grayscale_prob))
+            ops["grayscale"] = K.RandomGrayscale(p=grayscale_prob)
         if blur_prob > 0:
-            transforms.append(K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob))
-        super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+            ops["blur"] = K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob)
+        super().__init__(list(ops.values()), mean, std, channels_last=channels_last, dtype=dtype)
+        self.ops, self.size = ops, (height, width)  # the modules of `transforms` by name, for draw_views
         # The recipe in force (the presets' defaults resolved), for whoever rebuilds it elsewhere (bench_train.py).
         self.crop_scale, self.jitter_prob, self.grayscale_prob = tuple(crop_scale), jitter_prob, grayscale_prob
         self.blur_prob = blur_prob
+
+    def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
+        """All views at once, distributed as the kornia pipeline's: every op's parameters are drawn by its kornia
+        module, for all views in one call (the jitter once per view: each view has its own random order of the
+        colour steps, as a separate kornia call has); the crops and flips of every view are one ``grid_sample``,
+        and the colour steps run on whole views, without cutting out the images an op applies to."""
+        n_images = len(unit)
+        shape = (n_views * n_images, *unit.shape[1:])
+        corners = self.ops["crop"].forward_parameters(shape)["src"]  # (V*N, 4, 2): (x, y) clockwise from top left
+        boxes = torch.cat([corners[:, 0], corners[:, 2]], dim=1)  # (x, y) of the first and the last pixel sampled
+        if "flip" in self.ops:
+            flipped = self.ops["flip"].forward_parameters(shape)["batch_prob"].bool()
+            boxes = torch.where(flipped[:, None], boxes[:, [2, 1, 0, 3]], boxes)  # columns from right to left
+        views = resized_crops(unit, boxes.view(n_views, n_images, 4), self.size)
+        mean = torch.tensor(self.mean, device=unit.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=unit.device).view(-1, 1, 1)
+        out = []
+        for view in views:
+            if "jitter" in self.ops:
+                view = color_jitter(view, self.ops["jitter"].forward_parameters(view.shape))
+            for name in ("grayscale", "blur"):
+                if name in self.ops:
+                    view = self.ops[name](view)
+            out.append((view - mean) / std)
+        return out
 
 
 class SimCLRAugment(ContrastiveAugment):
@@ -280,10 +371,11 @@ class EvalTransform(AugmentPipeline):
 
 
 class MultiView(nn.Module):
-    """Independent views of one batch: ``n_views`` calls of ``augment``, each with its own random draw.
+    """Independent views of one batch: ``augment.views``, ``n_views`` random draws of every image.
 
-    The uint8 -> float conversion happens once for all views. With ``seed`` the whole list is
-    reproducible (the views are drawn one after another from one seeded generator, so they still differ).
+    The uint8 -> float conversion happens once for all views; the contrastive presets draw and make all the
+    views at once. With ``seed`` the whole list is reproducible (all views come from one seeded generator,
+    so they still differ).
 
     Shapes:
         input ``(N, C, H, W)`` uint8 or float in [0, 1]; output a list of ``n_views`` tensors ``(N, C, h, w)``.
@@ -296,6 +388,4 @@ class MultiView(nn.Module):
         self.augment, self.n_views = augment, n_views
 
     def forward(self, images: Tensor, seed: int | None = None) -> list[Tensor]:
-        unit = self.augment.to_unit_float(images)
-        with seeded(seed, unit.device):
-            return [self.augment(unit) for _ in range(self.n_views)]
+        return self.augment.views(images, self.n_views, seed)
