@@ -28,8 +28,8 @@ from collections.abc import Iterator, Sequence
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
-                            adjust_saturation_with_gray_subtraction)
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import adjust_hue
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -105,25 +105,45 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tenso
     return out.unflatten(2, (n_views, out_height)).permute(2, 0, 1, 3, 4)
 
 
-# kornia's ColorJitter steps (torchvision's formulas), by their index in its random order: parameter, neutral value
-_JITTER_STEPS = (
-    ("brightness_factor", 1.0, adjust_brightness_accumulative),
-    ("contrast_factor", 1.0, adjust_contrast_with_mean_subtraction),
-    ("saturation_factor", 1.0, adjust_saturation_with_gray_subtraction),
-    ("hue_factor", 0.0, lambda images, turns: adjust_hue(images, turns * 2 * math.pi)),
-)
+# kornia's ColorJitter parameters, by their index in its random order of the steps, and their neutral values
+_JITTER_FACTORS = (("brightness_factor", 1.0), ("contrast_factor", 1.0), ("saturation_factor", 1.0),
+                   ("hue_factor", 0.0))
 
 
-def color_jitter(images: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """kornia's ``ColorJitter`` with the parameters its ``forward_parameters`` drew, applied to the whole batch
-    and kept where ``batch_prob`` is set (kornia cuts that subset out of the batch and writes it back)."""
-    out = images.clamp(0, 1)
+def color_jitter_(images: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """In place, kornia's ``ColorJitter`` with the parameters its ``forward_parameters`` drew: torchvision's
+    formulas, the steps in the drawn order, each clamped to [0, 1].
+
+    kornia cuts the images whose ``batch_prob`` is set out of the batch and writes them back; here every image
+    goes through each step and the others get the neutral factor, which leaves them exactly as they were (the
+    hue step, whose round trip through HSV is not exact, keeps them by ``torch.where``). Working in place on
+    the whole batch allocates no new image tensors: on small images, fresh tensors cost more than the arithmetic.
+
+    Shapes: images ``(N, C, h, w)`` float in [0, 1], C = 1 or 3; every parameter ``(N,)``.
+    """
+    applied = params["batch_prob"].bool()
+    images.clamp_(0, 1)
     for index in params["order"].tolist():
-        key, neutral, step = _JITTER_STEPS[index]
-        if (params[key] != neutral).any():
-            out = step(out, params[key])
-    applied = params["batch_prob"].to(device=images.device, dtype=torch.bool).view(-1, 1, 1, 1)
-    return torch.where(applied, out.clamp(0, 1), images)
+        name, neutral = _JITTER_FACTORS[index]
+        if not (params[name] != neutral).any() or (name == "saturation_factor" and images.shape[1] != 3):
+            continue
+        factor = torch.where(applied, params[name], neutral).to(images.device, images.dtype).view(-1, 1, 1, 1)
+        if name == "brightness_factor":
+            images.mul_(factor).clamp_(0, 1)
+        elif name == "contrast_factor":  # blend with the mean intensity of the image
+            gray = rgb_to_grayscale(images) if images.shape[1] == 3 else images
+            _blend_(images, factor, gray.mean((-3, -2, -1), keepdim=True))
+        elif name == "saturation_factor":  # blend with the grayscale image
+            _blend_(images, factor, rgb_to_grayscale(images))
+        else:
+            shifted = adjust_hue(images, factor * (2 * math.pi))
+            images.copy_(torch.where(applied.to(images.device).view(-1, 1, 1, 1), shifted, images))
+    return images
+
+
+def _blend_(images: Tensor, factor: Tensor, other: Tensor) -> Tensor:
+    """In place, ``factor * images + (1 - factor) * other`` clamped to [0, 1] (torchvision's ``_blend``)."""
+    return images.mul_(factor).add_(other * (1 - factor)).clamp_(0, 1)
 
 
 class AugmentPipeline(nn.Module):
@@ -166,6 +186,10 @@ class AugmentPipeline(nn.Module):
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def to_unit_float(self, images: Tensor) -> Tensor:
         """Check a batch at the boundary and return it as float32 in [0, 1] (no copy if it already is)."""
         if not isinstance(images, Tensor) or images.ndim != 4:
@@ -195,8 +219,7 @@ class AugmentPipeline(nn.Module):
         unit = self.to_unit_float(images)
         with seeded(seed, unit.device):
             views = self.draw_views(unit, n_views)
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        return [view.to(dtype=self.dtype, memory_format=memory_format) for view in views]
+        return [view.to(dtype=self.dtype, memory_format=self.memory_format) for view in views]
 
     def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
         """The views of float images in [0, 1], normalized: the kornia pipeline once per view."""
@@ -284,12 +307,13 @@ class ContrastiveAugment(AugmentPipeline):
         std = torch.tensor(self.std, device=unit.device).view(-1, 1, 1)
         out = []
         for view in views:
+            view = view.contiguous(memory_format=self.memory_format)  # its own copy: the steps below work in place
             if "jitter" in self.ops:
-                view = color_jitter(view, self.ops["jitter"].forward_parameters(view.shape))
+                color_jitter_(view, self.ops["jitter"].forward_parameters(view.shape))
             for name in ("grayscale", "blur"):
                 if name in self.ops:
                     view = self.ops[name](view)
-            out.append((view - mean) / std)
+            out.append(view.sub_(mean).div_(std))
         return out
 
 
