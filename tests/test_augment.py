@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from sslsec.augment import (EvalTransform, MetricAugment, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment,
-                            color_jitter_, resized_crops, seeded)
+                            color_jitter_, resized_crops, sample_crop_boxes, seeded)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -249,6 +249,25 @@ def test_resized_crops_and_color_jitter_compute_kornias_ops_with_its_parameters(
     torch.testing.assert_close(crops.flatten(0, 1), expected, atol=1e-5, rtol=0)
     jitter_params = jitter.forward_parameters(expected.shape)
     torch.testing.assert_close(color_jitter_(expected.clone(), jitter_params), jitter(expected, params=jitter_params))
+
+
+@pytest.mark.parametrize("image_size, scale, ratio", [
+    ((28, 28), (0.35, 1.0), (3 / 4, 4 / 3)),  # Fashion-MNIST's recipe
+    ((40, 64), (0.08, 1.0), (3 / 4, 4 / 3)),  # a wide image, SimCLR's scale
+    ((28, 28), (0.9, 1.0), (2.0, 3.0)),       # no draw fits: the whole image cut to the nearest aspect ratio
+])
+def test_crop_boxes_are_distributed_as_kornias(image_size, scale, ratio):
+    import kornia.augmentation as K
+
+    with seeded(0):
+        boxes = sample_crop_boxes(N, image_size, scale, ratio)
+        corners = K.RandomResizedCrop((8, 8), scale=scale, ratio=ratio).forward_parameters((N, 1, *image_size))["src"]
+    reference = torch.cat([corners[:, 0], corners[:, 2]], dim=1)  # (x, y) of the top-left and bottom-right pixels
+    assert boxes.shape == (N, 4) and (boxes >= 0).all() and (boxes[:, 2:] < torch.tensor(image_size[::-1])).all()
+    sizes, reference_sizes = boxes[:, 2:] - boxes[:, :2] + 1, reference[:, 2:] - reference[:, :2] + 1
+    for column in range(2):  # width and x offset, height and y offset
+        assert same_distribution(sizes[:, column], reference_sizes[:, column])
+        assert same_distribution(boxes[:, column], reference[:, column])
 
 
 @pytest.mark.parametrize("preset", [SimCLRAugment, MoCoV2Augment])
