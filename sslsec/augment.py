@@ -3,11 +3,15 @@
 Every pipeline takes a batch of images as stored by :mod:`sslsec.data` -- uint8 ``(N, C, H, W)`` in
 [0, 255], or float in [0, 1] -- on the device it lives on, and returns normalized float views there.
 Nothing loops over images in Python: kornia samples one set of random parameters per image and applies
-them to the whole batch at once (crop + resize is a single batched ``grid_sample``).
+them to the whole batch at once (crop + resize is a single batched ``grid_sample``). The contrastive presets
+make all the views of a batch at once (:meth:`AugmentPipeline.views`): kornia's modules draw the parameters,
+one ``grid_sample`` crops, resizes and mirrors every view, and the colour steps run on whole views, which on
+small images saves most of kornia's per-call cost; the views are distributed as the kornia pipeline's
+(tests/test_augment.py compares the two).
 
 Randomness goes through torch's global generators (kornia has no per-module generator). Pass ``seed=``
-to any ``forward`` to draw from a private, seeded copy instead: the output is then reproducible and the
-global random state is left untouched.
+to any ``forward`` or ``views`` to draw from a private, seeded copy instead: the output is then reproducible
+and the global random state is left untouched.
 
 Example::
 
@@ -18,10 +22,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import adjust_hue
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -74,6 +82,96 @@ def _pair(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def sample_crop_boxes(n: int, image_size: tuple[int, int], scale: tuple[float, float],
+                      ratio: tuple[float, float], tries: int = 10) -> Tensor:
+    """``n`` random resized crop boxes, drawn as torchvision's and kornia's ``RandomResizedCrop`` draw them.
+
+    Each box takes the first of ``tries`` draws (area a fraction uniform in ``scale`` of the image, log aspect ratio
+    uniform in ``log(ratio)``, sides rounded) that fits in the image, else the whole image cut to the nearest
+    aspect ratio in ``ratio``; its position is uniform over the integer offsets. kornia draws the same in ~140
+    small tensor ops, which cost more than the crops themselves on small images; this takes ~15.
+
+    Shapes: output ``(n, 4)`` float32 on the CPU, ``(x_first, y_first, x_last, y_last)`` pixel coordinates.
+    """
+    height, width = image_size
+    area = torch.empty(n, tries).uniform_(*scale) * (height * width)
+    aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    box_width, box_height = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (box_width >= 1) & (box_width <= width) & (box_height >= 1) & (box_height <= height)
+    first = fits.byte().argmax(dim=1, keepdim=True)  # argmax returns the first of equal maxima
+    found = fits.any(dim=1)
+    box_width = torch.where(found, box_width.gather(1, first)[:, 0], min(width, round(height * max(ratio))))
+    box_height = torch.where(found, box_height.gather(1, first)[:, 0], min(height, round(width / min(ratio))))
+    # float64: a float32 draw just below 1 times the extent would round up to the extent itself
+    offsets = torch.rand(n, 2, dtype=torch.float64) * torch.stack([width - box_width + 1, height - box_height + 1], 1)
+    first_pixel = offsets.floor().float()
+    return torch.cat([first_pixel, first_pixel + torch.stack([box_width, box_height], 1) - 1], dim=1)
+
+
+def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Several crops of every image, each resized to ``size`` by bilinear interpolation, in one ``grid_sample``.
+
+    ``boxes[v, i]`` is ``(x_first, y_first, x_last, y_last)``: the pixel coordinates that the first and the last
+    column and row of view ``v`` of image ``i`` sample (the corners, as kornia's ``RandomResizedCrop(cropping_mode=
+    "resample")`` maps them); ``x_first > x_last`` mirrors the crop. The views of an image are sampled from it
+    stacked along the height, so the batch is never repeated.
+
+    Shapes: images ``(N, C, H, W)`` float, boxes ``(V, N, 4)``; output ``(V, N, C, h, w)``.
+    """
+    n_views, n_images = boxes.shape[:2]
+    (height, width), (out_height, out_width) = images.shape[-2:], size
+    # grid_sample's coordinates with align_corners=True: -1 and 1 are the centres of the edge pixels.
+    scale = torch.tensor([width - 1, height - 1] * 2, dtype=images.dtype).clamp(min=1)
+    first, last = (boxes.transpose(0, 1).to(images.dtype) * (2 / scale) - 1).to(images.device).split(2, dim=-1)
+    x = torch.lerp(first[..., :1], last[..., :1], torch.linspace(0, 1, out_width, device=images.device))
+    y = torch.lerp(first[..., 1:], last[..., 1:], torch.linspace(0, 1, out_height, device=images.device))
+    grid = torch.stack(torch.broadcast_tensors(x[..., None, :], y[..., :, None]), dim=-1)  # (N, V, h, w, 2)
+    grid = grid.view(n_images, n_views * out_height, out_width, 2)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.unflatten(2, (n_views, out_height)).permute(2, 0, 1, 3, 4)
+
+
+# kornia's ColorJitter parameters, by their index in its random order of the steps, and their neutral values
+_JITTER_FACTORS = (("brightness_factor", 1.0), ("contrast_factor", 1.0), ("saturation_factor", 1.0),
+                   ("hue_factor", 0.0))
+
+
+def color_jitter_(images: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """In place, kornia's ``ColorJitter`` with the parameters its ``forward_parameters`` drew: torchvision's
+    formulas, the steps in the drawn order, each clamped to [0, 1].
+
+    kornia cuts the images whose ``batch_prob`` is set out of the batch and writes them back; here every image
+    goes through each step and the others get the neutral factor, which leaves them exactly as they were (the
+    hue step, whose round trip through HSV is not exact, keeps them by ``torch.where``). Working in place on
+    the whole batch allocates no new image tensors: on small images, fresh tensors cost more than the arithmetic.
+
+    Shapes: images ``(N, C, h, w)`` float in [0, 1], C = 1 or 3; every parameter ``(N,)``.
+    """
+    applied = params["batch_prob"].bool()
+    images.clamp_(0, 1)
+    for index in params["order"].tolist():
+        name, neutral = _JITTER_FACTORS[index]
+        if not (params[name] != neutral).any() or (name == "saturation_factor" and images.shape[1] != 3):
+            continue
+        factor = torch.where(applied, params[name], neutral).to(images.device, images.dtype).view(-1, 1, 1, 1)
+        if name == "brightness_factor":
+            images.mul_(factor).clamp_(0, 1)
+        elif name == "contrast_factor":  # blend with the mean intensity of the image
+            gray = rgb_to_grayscale(images) if images.shape[1] == 3 else images
+            _blend_(images, factor, gray.mean((-3, -2, -1), keepdim=True))
+        elif name == "saturation_factor":  # blend with the grayscale image
+            _blend_(images, factor, rgb_to_grayscale(images))
+        else:
+            shifted = adjust_hue(images, factor * (2 * math.pi))
+            images.copy_(torch.where(applied.to(images.device).view(-1, 1, 1, 1), shifted, images))
+    return images
+
+
+def _blend_(images: Tensor, factor: Tensor, other: Tensor) -> Tensor:
+    """In place, ``factor * images + (1 - factor) * other`` clamped to [0, 1] (torchvision's ``_blend``)."""
+    return images.mul_(factor).add_(other * (1 - factor)).clamp_(0, 1)
+
+
 class AugmentPipeline(nn.Module):
     """A kornia ``ImageSequential`` of ``transforms`` followed by normalization with ``mean``/``std``.
 
@@ -114,6 +212,10 @@ class AugmentPipeline(nn.Module):
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def to_unit_float(self, images: Tensor) -> Tensor:
         """Check a batch at the boundary and return it as float32 in [0, 1] (no copy if it already is)."""
         if not isinstance(images, Tensor) or images.ndim != 4:
@@ -131,11 +233,23 @@ class AugmentPipeline(nn.Module):
 
     def forward(self, images: Tensor, seed: int | None = None) -> Tensor:
         """Augment and normalize one view of every image; ``seed`` makes the draw reproducible."""
+        return self.views(images, 1, seed)[0]
+
+    def views(self, images: Tensor, n_views: int = 2, seed: int | None = None) -> list[Tensor]:
+        """``n_views`` independent views of every image (one random draw each); ``seed`` makes them reproducible.
+
+        Shapes: input ``(N, C, H, W)``; output a list of ``n_views`` tensors ``(N, C, h, w)`` of ``dtype``.
+        """
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
         unit = self.to_unit_float(images)
         with seeded(seed, unit.device):
-            out = self.transforms(unit)
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        return out.to(dtype=self.dtype, memory_format=memory_format)
+            views = self.draw_views(unit, n_views)
+        return [view.to(dtype=self.dtype, memory_format=self.memory_format) for view in views]
+
+    def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
+        """The views of float images in [0, 1], normalized: the kornia pipeline once per view."""
+        return [self.transforms(unit) for _ in range(n_views)]
 
 
 class ContrastiveAugment(AugmentPipeline):
@@ -184,22 +298,47 @@ class ContrastiveAugment(AugmentPipeline):
         if blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd, got {blur_kernel_size}")
         # "resample" crops with one batched grid_sample; kornia's default "slice" loops over images.
-        transforms: list[nn.Module] = [
-            K.RandomResizedCrop((height, width), scale=crop_scale, ratio=crop_ratio, cropping_mode="resample"),
-        ]
+        ops: dict[str, nn.Module] = {
+            "crop": K.RandomResizedCrop((height, width), scale=crop_scale, ratio=crop_ratio, cropping_mode="resample"),
+        }
         if hflip_prob > 0:
-            transforms.append(K.RandomHorizontalFlip(p=hflip_prob))
+            ops["flip"] = K.RandomHorizontalFlip(p=hflip_prob)
         if jitter_prob > 0:
             saturation, hue = (saturation, hue) if color else (0.0, 0.0)
-            transforms.append(K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_prob))
+            ops["jitter"] = K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_prob)
         if grayscale_prob > 0 and color:
-            transforms.append(K.RandomGrayscale(p=grayscale_prob))
+            ops["grayscale"] = K.RandomGrayscale(p=grayscale_prob)
         if blur_prob > 0:
-            transforms.append(K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob))
-        super().__init__(transforms, mean, std, channels_last=channels_last, dtype=dtype)
+            ops["blur"] = K.RandomGaussianBlur(blur_kernel_size, blur_sigma, p=blur_prob)
+        super().__init__(list(ops.values()), mean, std, channels_last=channels_last, dtype=dtype)
+        self.ops, self.size = ops, (height, width)  # the modules of `transforms` by name, for draw_views
         # The recipe in force (the presets' defaults resolved), for whoever rebuilds it elsewhere (bench_train.py).
-        self.crop_scale, self.jitter_prob, self.grayscale_prob = tuple(crop_scale), jitter_prob, grayscale_prob
-        self.blur_prob = blur_prob
+        self.crop_scale, self.crop_ratio, self.hflip_prob = tuple(crop_scale), tuple(crop_ratio), hflip_prob
+        self.jitter_prob, self.grayscale_prob, self.blur_prob = jitter_prob, grayscale_prob, blur_prob
+
+    def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
+        """All views at once, distributed as the kornia pipeline's (``transforms``, the reference the tests compare
+        with): the crop boxes and flips of every view drawn together (:func:`sample_crop_boxes`) and applied by one
+        ``grid_sample``; the colour ops' parameters drawn by their kornia modules once per view (so each view has
+        its own random order of the jitter's steps, as a separate kornia call has), the jitter applied in place to
+        whole views, without cutting out the images it applies to."""
+        n_images = len(unit)
+        boxes = sample_crop_boxes(n_views * n_images, unit.shape[-2:], self.crop_scale, self.crop_ratio)
+        flipped = torch.rand(len(boxes)) < self.hflip_prob
+        boxes = torch.where(flipped[:, None], boxes[:, [2, 1, 0, 3]], boxes)  # sample the columns right to left
+        views = resized_crops(unit, boxes.view(n_views, n_images, 4), self.size)
+        mean = torch.tensor(self.mean, device=unit.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=unit.device).view(-1, 1, 1)
+        out = []
+        for view in views:
+            view = view.contiguous(memory_format=self.memory_format)  # its own copy: the steps below work in place
+            if "jitter" in self.ops:
+                color_jitter_(view, self.ops["jitter"].forward_parameters(view.shape))
+            for name in ("grayscale", "blur"):
+                if name in self.ops:
+                    view = self.ops[name](view)
+            out.append(view.sub_(mean).div_(std))
+        return out
 
 
 class SimCLRAugment(ContrastiveAugment):
@@ -280,10 +419,11 @@ class EvalTransform(AugmentPipeline):
 
 
 class MultiView(nn.Module):
-    """Independent views of one batch: ``n_views`` calls of ``augment``, each with its own random draw.
+    """Independent views of one batch: ``augment.views``, ``n_views`` random draws of every image.
 
-    The uint8 -> float conversion happens once for all views. With ``seed`` the whole list is
-    reproducible (the views are drawn one after another from one seeded generator, so they still differ).
+    The uint8 -> float conversion happens once for all views; the contrastive presets draw and make all the
+    views at once. With ``seed`` the whole list is reproducible (all views come from one seeded generator,
+    so they still differ).
 
     Shapes:
         input ``(N, C, H, W)`` uint8 or float in [0, 1]; output a list of ``n_views`` tensors ``(N, C, h, w)``.
@@ -296,6 +436,4 @@ class MultiView(nn.Module):
         self.augment, self.n_views = augment, n_views
 
     def forward(self, images: Tensor, seed: int | None = None) -> list[Tensor]:
-        unit = self.augment.to_unit_float(images)
-        with seeded(seed, unit.device):
-            return [self.augment(unit) for _ in range(self.n_views)]
+        return self.augment.views(images, self.n_views, seed)

@@ -4,8 +4,10 @@ import inspect
 
 import pytest
 import torch
+from scipy import stats
 
-from sslsec.augment import EvalTransform, MetricAugment, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment
+from sslsec.augment import (EvalTransform, MetricAugment, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment,
+                            color_jitter_, resized_crops, sample_crop_boxes, seeded)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -200,3 +202,139 @@ def test_probe_augment_crops_and_flips_but_keeps_colours():
 def test_bad_input_raises_a_value_error_that_says_what_is_wrong(bad, message):
     with pytest.raises(ValueError, match=message):
         SimCLRAugment(32, MEAN, STD)(bad)
+
+
+# Views drawn at once (ContrastiveAugment.views) against the kornia pipeline called once per view (the reference).
+# Seeds are fixed, so these statistical tests cannot flake; the bands are 4 sigma, or a KS p-value above 1e-3.
+
+def kornia_views(augment, images, n_views, seed):
+    """The reference: the preset's kornia ImageSequential called once per view, each call its own draw."""
+    unit = augment.to_unit_float(images)
+    with seeded(seed):
+        return [augment.transforms(unit) for _ in range(n_views)]
+
+
+def coordinate_image(size=64):
+    """Channel 0 holds 4 * x, channel 1 holds 4 * y: the corners of a view reveal its crop box and mirroring."""
+    coordinate = torch.arange(size, dtype=torch.uint8) * 4
+    image = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    image[0, 0], image[0, 1] = coordinate[None, :], coordinate[:, None]
+    return image
+
+
+def crop_geometry(view, size=64):
+    """Area (fraction of the image), aspect ratio (width / height) and mirroring of each view of coordinate_image."""
+    pixels = view * 255 / 4
+    dx = pixels[:, 0, 0, -1] - pixels[:, 0, 0, 0]
+    width, height = dx.abs() + 1, pixels[:, 1, -1, 0] - pixels[:, 1, 0, 0] + 1
+    return width * height / size**2, width / height, dx < 0
+
+
+def same_distribution(a, b):
+    return stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3
+
+
+def test_resized_crops_and_color_jitter_compute_kornias_ops_with_its_parameters():
+    augment = SimCLRAugment(24, MEAN, STD)
+    crop, flip, jitter = augment.ops["crop"], augment.ops["flip"], augment.ops["jitter"]
+    images = torch.rand(32, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    crop_params = crop.forward_parameters((64, 3, 40, 36))
+    flip_params = flip.forward_parameters((64, 3, 24, 24))
+    expected = flip(crop(images.repeat(2, 1, 1, 1), params=crop_params), params=flip_params)
+    corners = crop_params["src"]
+    boxes = torch.cat([corners[:, 0], corners[:, 2]], dim=1)
+    boxes = torch.where(flip_params["batch_prob"].bool()[:, None], boxes[:, [2, 1, 0, 3]], boxes)
+    crops = resized_crops(images, boxes.view(2, 32, 4), (24, 24))
+    assert crops.shape == (2, 32, 3, 24, 24)
+    torch.testing.assert_close(crops.flatten(0, 1), expected, atol=1e-5, rtol=0)
+    jitter_params = jitter.forward_parameters(expected.shape)
+    torch.testing.assert_close(color_jitter_(expected.clone(), jitter_params), jitter(expected, params=jitter_params))
+
+
+@pytest.mark.parametrize("image_size, scale, ratio", [
+    ((28, 28), (0.35, 1.0), (3 / 4, 4 / 3)),  # Fashion-MNIST's recipe
+    ((40, 64), (0.08, 1.0), (3 / 4, 4 / 3)),  # a wide image, SimCLR's scale
+    ((28, 28), (0.9, 1.0), (2.0, 3.0)),       # no draw fits: the whole image cut to the nearest aspect ratio
+])
+def test_crop_boxes_are_distributed_as_kornias(image_size, scale, ratio):
+    import kornia.augmentation as K
+
+    with seeded(0):
+        boxes = sample_crop_boxes(N, image_size, scale, ratio)
+        corners = K.RandomResizedCrop((8, 8), scale=scale, ratio=ratio).forward_parameters((N, 1, *image_size))["src"]
+    reference = torch.cat([corners[:, 0], corners[:, 2]], dim=1)  # (x, y) of the top-left and bottom-right pixels
+    assert boxes.shape == (N, 4) and (boxes >= 0).all() and (boxes[:, 2:] < torch.tensor(image_size[::-1])).all()
+    sizes, reference_sizes = boxes[:, 2:] - boxes[:, :2] + 1, reference[:, 2:] - reference[:, :2] + 1
+    for column in range(2):  # width and x offset, height and y offset
+        assert same_distribution(sizes[:, column], reference_sizes[:, column])
+        assert same_distribution(boxes[:, column], reference[:, column])
+
+
+@pytest.mark.parametrize("preset", [SimCLRAugment, MoCoV2Augment])
+def test_views_crops_and_flips_are_distributed_as_the_kornia_pipelines(preset):
+    augment = preset(16, **IDENTITY, **{**ONLY_CROP, "hflip_prob": 0.5})
+    images = coordinate_image().expand(N // 2, -1, -1, -1)
+    area, aspect, flipped = crop_geometry(torch.cat(augment.views(images, 2, seed=0)))
+    ref_area, ref_aspect, ref_flipped = crop_geometry(torch.cat(kornia_views(augment, images, 2, seed=1)))
+    assert same_distribution(area, ref_area) and same_distribution(aspect.log(), ref_aspect.log())
+    assert abs(frequency(flipped) - 0.5) < 0.032 and abs(frequency(ref_flipped) - 0.5) < 0.032
+    assert abs(area.mean() - ref_area.mean()) < 4 * (area.var() / N + ref_area.var() / N).sqrt()
+
+
+def test_the_views_of_an_image_are_independent_draws():
+    augment = SimCLRAugment(16, **IDENTITY, **{**ONLY_CROP, "hflip_prob": 0.5})
+    first, second = augment.views(coordinate_image().expand(N, -1, -1, -1), 2, seed=0)
+    (area_1, aspect_1, flip_1), (area_2, aspect_2, flip_2) = crop_geometry(first), crop_geometry(second)
+    band = 4 / N**0.5  # 4 sigma of a correlation of independent draws
+    assert abs(torch.corrcoef(torch.stack([area_1, area_2]))[0, 1]) < band
+    assert abs(torch.corrcoef(torch.stack([aspect_1, aspect_2]))[0, 1]) < band
+    assert abs(frequency(flip_1 == flip_2) - 0.5) < 0.032
+    assert (area_1 != area_2).float().mean() > 0.9
+
+
+def test_grayscale_jitter_draws_brightness_and_contrast_as_configured_and_as_kornia():
+    # Fashion-MNIST's recipe: brightness and contrast 0.4 with p = 0.8, on pixels far enough from 0 and 1 that
+    # nothing clips: an applied jitter multiplies the mean by the brightness factor and the spread by both factors.
+    image = torch.full((1, 1, 8, 8), 80, dtype=torch.uint8)
+    image[..., ::2] = 120
+    augment = SimCLRAugment(8, (0.0,), (1.0,), **{**ONLY_CROP, "jitter_prob": 0.8}, crop_scale=(1, 1),
+                            crop_ratio=(1, 1))
+    unit = image.float() / 255
+
+    def factors(views):
+        view = torch.cat(views)
+        return view.mean((1, 2, 3)) / unit.mean(), view.std((1, 2, 3)) / unit.std()
+
+    brightness, spread = factors(augment.views(image.expand(N // 2, -1, -1, -1), 2, seed=0))
+    ref_brightness, ref_spread = factors(kornia_views(augment, image.expand(N // 2, -1, -1, -1), 2, seed=1))
+    assert same_distribution(brightness, ref_brightness) and same_distribution(spread, ref_spread)
+    unchanged = ((brightness - 1).abs() < 1e-5) & ((spread - 1).abs() < 1e-5)
+    assert abs(frequency(unchanged) - 0.2) < 0.026
+    assert stats.kstest(brightness[~unchanged].numpy(), "uniform", args=(0.6, 0.8)).pvalue > 1e-3
+    assert stats.kstest((spread / brightness)[~unchanged].numpy(), "uniform", args=(0.6, 0.8)).pvalue > 1e-3
+
+
+def test_colour_views_are_distributed_as_the_kornia_pipelines():
+    # The whole SimCLR recipe on colour images: jitter (random order), grayscale, crop and flip.
+    images = random_images(N // 2, size=12, seed=3)
+    augment = SimCLRAugment(8, **IDENTITY)
+    views, reference = torch.cat(augment.views(images, 2, seed=0)), torch.cat(kornia_views(augment, images, 2, 1))
+    for statistic in (lambda v: v.mean((2, 3)), lambda v: v.std((2, 3))):
+        for channel in range(3):
+            assert same_distribution(statistic(views)[:, channel], statistic(reference)[:, channel])
+
+    def gray(v):
+        return (v[:, 0] - v[:, 2]).abs().amax((1, 2)) < 1e-4
+    assert abs(frequency(gray(views)) - 0.2) < 0.026 and abs(frequency(gray(reference)) - 0.2) < 0.026
+
+
+def test_views_are_reproducible_by_seed_and_leave_the_global_generator_alone():
+    augment, images = SimCLRAugment(16, MEAN, STD, channels_last=True), random_images(size=24)
+    state = torch.get_rng_state()
+    first, again, other = (augment.views(images, 2, seed=seed) for seed in (7, 7, 8))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0]) and not torch.equal(first[0], first[1])
+    assert all(v.shape == (16, 3, 16, 16) and v.is_contiguous(memory_format=torch.channels_last) for v in first)
+    with pytest.raises(ValueError, match="n_views"):
+        augment.views(images, 0)
