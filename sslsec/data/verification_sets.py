@@ -45,6 +45,8 @@ class VerificationSet:
             (folder); each image once, labelled by identity where the format names identities.
         index0, index1: int64 ``(P,)`` indices into ``images`` of each pair's two images.
         issame: bool ``(P,)``, whether pair ``i`` shows one identity.
+        folds: the consecutive folds the file defines (LFW's ``pairs.txt`` header ``10 300``), None where it
+            defines none (score with any number of folds).
     """
 
     name: str
@@ -52,6 +54,7 @@ class VerificationSet:
     index0: Tensor
     index1: Tensor
     issame: Tensor
+    folds: int | None = None
 
     def __len__(self) -> int:
         return len(self.issame)
@@ -176,7 +179,8 @@ def load_pairs_txt(folder: str | os.PathLike, image_size: int = 112,
     images.mean, images.std = FACE_MEAN, FACE_STD
     index0 = torch.tensor([position[first] for first, _, _ in pairs])
     index1 = torch.tensor([position[second] for _, second, _ in pairs])
-    return VerificationSet(folder.name, images, index0, index1, torch.tensor([same for _, _, same in pairs]))
+    issame = torch.tensor([same for _, _, same in pairs])
+    return VerificationSet(folder.name, images, index0, index1, issame, folds=None if blocks == 1 else blocks)
 
 
 def _header(pairs_file: Path, line: tuple[int, list[str]]) -> tuple[int, int]:

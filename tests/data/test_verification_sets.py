@@ -64,7 +64,7 @@ def test_files_that_are_not_bin_sets_are_refused(tmp_path, content, message):
 def test_pairs_txt_lists_its_pairs_over_the_folder(tmp_path):
     written = write_lfw_folder(tmp_path / "lfw", folds=2, per_fold=3)
     lfw = load_pairs_txt(tmp_path / "lfw", image_size=20)
-    assert lfw.name == "lfw" and len(lfw) == 12
+    assert lfw.name == "lfw" and len(lfw) == 12 and lfw.folds == 2
     assert lfw.issame.tolist() == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3  # the file's folds
     for (name0, n0, name1, n1), i0, i1 in zip(written, lfw.index0.tolist(), lfw.index1.tolist()):
         assert lfw.images.paths[i0].endswith(f"lfw/{name0}/{name0}_{n0:04d}.jpg")
@@ -79,7 +79,7 @@ def test_pairs_txt_lists_its_pairs_over_the_folder(tmp_path):
 def test_a_count_header_interleaves_same_and_different_pairs(tmp_path):
     written = write_lfw_folder(tmp_path / "dev", folds=1, per_fold=4, header="4")
     dev = load_pairs_txt(tmp_path / "dev")
-    assert dev.issame.tolist() == [True, False] * 4
+    assert dev.issame.tolist() == [True, False] * 4 and dev.folds is None
     first_different = written[4]
     assert dev.images.paths[int(dev.index0[1])].endswith(f"{first_different[0]}_{first_different[1]:04d}.jpg")
 
