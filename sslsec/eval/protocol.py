@@ -95,10 +95,10 @@ def score_verification(config: Config, backbone: Optional[nn.Module] = None, *,
     Each entry: :func:`~sslsec.eval.verification.score_pairs`'s scores (``accuracy``, ``accuracy_std``,
     ``val_at_far``, ``threshold``, ``xnorm``, ..., ``roc``) and ``source`` (the split or the set's path).
     """
-    from sslsec.data.verification_sets import load_verification_set  # here: only verification reads these
-
     settings = config.eval
     train, val, test = load_splits(config)
+    sets = [_verification_set(path, train, test, settings.verification_folds)  # a bad file fails before any work
+            for path in settings.verification_sets]
     if backbone is None:
         backbone = random_backbone(config, train.channels)
     score = functools.partial(score_pairs, backbone, flip=settings.verification_flip,
@@ -110,13 +110,8 @@ def score_verification(config: Config, backbone: Optional[nn.Module] = None, *,
         if split is not None:
             pairs = pairs_from_split(split.labels, settings.verification_pairs, config.trainer.seed)
             result[name] = {"source": f"{name} split of {split.name}", **score(split, *pairs)}
-    for path in settings.verification_sets:
-        pairs = load_verification_set(path, test.image_size, test.channels).normalized_as(train.mean, train.std)
+    for path, pairs in zip(settings.verification_sets, sets):
         name = pairs.name if pairs.name not in result else f"{pairs.name}_{len(result)}"
-        if pairs.folds not in (None, settings.verification_folds):
-            raise EvaluationError(f"verification set {path} defines {pairs.folds} folds, but "
-                                  f"eval.verification_folds={settings.verification_folds}; set "
-                                  f"eval.verification_folds={pairs.folds} to score it by its own folds")
         try:
             scores = score(pairs.images, pairs.index0, pairs.index1, pairs.issame)
         except ValueError as error:  # a set too small for the folds, or whose folds lack a kind of pair
@@ -125,6 +120,18 @@ def score_verification(config: Config, backbone: Optional[nn.Module] = None, *,
             raise EvaluationError(f"verification set {path}: {error}") from None
         result[name] = {"source": str(path), **scores}
     return result
+
+
+def _verification_set(path: str, train: Any, test: Any, n_folds: int) -> Any:
+    """The verification set at ``path`` as the test split serves its images (size, channels) and normalized as the
+    training data; a ``pairs.txt`` of other folds than ``n_folds`` is refused with the fix."""
+    from sslsec.data.verification_sets import load_verification_set  # here: only verification reads these
+
+    pairs = load_verification_set(path, test.image_size, test.channels).normalized_as(train.mean, train.std)
+    if pairs.folds not in (None, n_folds):
+        raise EvaluationError(f"verification set {path} defines {pairs.folds} folds, but eval.verification_folds="
+                              f"{n_folds}; set eval.verification_folds={pairs.folds} to score it by its own folds")
+    return pairs
 
 
 def eval_crop_size(config: Config) -> Optional[int]:
