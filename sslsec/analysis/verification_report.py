@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from sslsec.config import Config, config_keys
+from sslsec.config import RESULT_FREE_KEYS, Config, config_keys
 from sslsec.eval.features import EvaluationError
 
 __all__ = ["check_output", "format_verification", "roc_plot_path", "save_roc_plot", "verification_protocol",
@@ -30,7 +30,8 @@ PROTOCOL_KEYS = ("eval.verification_", "eval.center_crop", "data.", "trainer.see
 def verification_protocol(config: Config) -> Dict[str, Any]:
     """The config keys that decide the scores of a backbone: the verification settings, the data (which splits,
     sizes, crops) and ``trainer.seed`` (which pairs are drawn)."""
-    return {key: value for key, value in config_keys(config) if key.startswith(PROTOCOL_KEYS)}
+    return {key: value for key, value in config_keys(config)
+            if key.startswith(PROTOCOL_KEYS) and key not in (*RESULT_FREE_KEYS, "data.download")}
 
 
 def check_output(path: Path, protocol: Mapping[str, Any], overwrite: bool = False) -> None:
@@ -85,7 +86,7 @@ def save_roc_plot(scores: Mapping[str, Any], path: Path, title: str, far: Option
     shown = fpr > 0  # a log axis has no 0
     figure = Figure(figsize=(5, 3.8), layout="constrained")
     axes = figure.subplots()
-    axes.plot(fpr[shown], tpr[shown], color="tab:blue",
+    axes.plot(fpr[shown], tpr[shown], ".-", color="tab:blue", markersize=3,
               label=f"accuracy {scores['accuracy']:.2f} %, {scores['pairs']} pairs")
     if far is not None:
         axes.plot([far], [scores["val_at_far"] / 100], "o", color="tab:red",
