@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from sslsec.cli import pretrain_main, verification_main
-from sslsec.config import load_config
 from sslsec.data import load_splits
 from sslsec.eval.verification import split_verification
 from sslsec.runs import load_run

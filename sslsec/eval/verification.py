@@ -252,12 +252,15 @@ def pair_embeddings(backbone: nn.Module, dataset: Any, index0: Tensor, index1: T
     :class:`~sslsec.data.ImageFolderDataset`, as :func:`~sslsec.eval.features.extract_features` takes it.
     """
     index0, index1 = torch.as_tensor(index0).long(), torch.as_tensor(index1).long()
-    extract = lambda transform: extract_features(backbone, dataset, accelerator=accelerator, transform=transform,
-                                                 num_workers=num_workers, batch_size=batch_size)[0]
+
+    def extract(transform: nn.Module) -> Tensor:  # (N, D) float32 on the CPU
+        return extract_features(backbone, dataset, accelerator=accelerator, transform=transform,
+                                num_workers=num_workers, batch_size=batch_size)[0]
+
     transform = eval_transform(dataset, crop_size)
     embeddings = extract(transform)
     norms = embeddings.double().norm(dim=1)
-    if flip:
+    if flip:  # a second pass over the data: extract_features stays one transform per pass
         flipped = extract(FlippedTransform(transform))
         norms = (norms + flipped.double().norm(dim=1)) / 2
         embeddings = embeddings + flipped

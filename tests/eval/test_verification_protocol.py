@@ -1,5 +1,7 @@
 """score_verification: pairs drawn from the splits and the configured sets, scored as the library's parts score them."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from sslsec.data import load_splits
 from sslsec.data.verification_sets import load_verification_set
 from sslsec.eval import EvaluationError, random_backbone, score_verification
 from sslsec.eval.verification import VerificationROC, pairs_from_split, score_pairs, split_verification
-from tests.data.verification_fixtures import write_bin, write_lfw_folder
+from tests.data.verification_fixtures import encode, write_bin, write_lfw_folder
 from tests.fixtures import small_cnn, write_npz
 
 
@@ -71,8 +73,6 @@ def test_without_a_backbone_the_random_init_of_the_config_is_scored(tmp_path):
 def test_a_set_whose_folds_lack_a_kind_of_pair_is_one_line(tmp_path):
     images, _ = write_bin(tmp_path / "blocks.bin", pairs=20)
     issame = [True] * 10 + [False] * 10  # the first half of the folds hold only same pairs
-    import pickle
-    from tests.data.verification_fixtures import encode
     (tmp_path / "blocks.bin").write_bytes(pickle.dumps(([encode(image) for image in images], issame)))
     with pytest.raises(EvaluationError, match=r"verification set .*blocks.bin: each of the 10 consecutive folds"):
         score_verification(rgb_config(tmp_path, tmp_path / "blocks.bin"), small_cnn(in_channels=3))
