@@ -95,3 +95,13 @@ def test_pairs_drawn_for_the_test_split_follow_the_seed(tmp_path):
     other = score_verification(config, small_cnn(in_channels=3))["test"]
     assert torch.equal(pairs_from_split(test.labels, 40, 5)[0], pairs_from_split(test.labels, 40, 5)[0])
     assert first["xnorm"] != other["xnorm"]  # other pairs, other images averaged
+
+
+def test_a_folder_image_that_does_not_decode_is_named(tmp_path):
+    from sslsec.data import CorruptImageError
+
+    write_lfw_folder(tmp_path / "lfw", folds=10, per_fold=1)
+    bad = tmp_path / "lfw" / "Alan_Turing" / "Alan_Turing_0002.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(CorruptImageError, match=f"cannot decode {bad}: "):
+        score_verification(rgb_config(tmp_path, tmp_path / "lfw"), small_cnn(in_channels=3))
