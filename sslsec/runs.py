@@ -71,9 +71,12 @@ def finished_run(run_dir: Union[str, Path]) -> RunPaths:
     if not paths.config.is_file():
         raise RunError(f"{paths.config} is missing: is {run_dir} a pretraining run directory (its output_dir)?")
     if not paths.finished():
-        # resume=auto: also right for a run that stopped before its first checkpoint (it starts again)
+        # resume=auto: also right for a run that stopped before its first checkpoint (it starts again);
+        # trainer.max_steps=null: config.yaml keeps the max_steps that stopped the run, which would stop it again
+        config = load_config(paths.config)
+        changes = {"trainer.max_steps": None} if config.trainer.max_steps is not None else {}
         raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; finish the run with: "
-                       f"{resume_command(load_config(paths.config), 'auto', run_dir=paths.root)}")
+                       f"{resume_command(config, 'auto', run_dir=paths.root, changes=changes)}")
     return paths
 
 
