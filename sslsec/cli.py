@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 from sslsec.analysis.choices import (DEFAULT_VARIANTS, METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS,
                                      METRIC_DEFAULT_WEIGHTS, VARIANTS)
@@ -103,6 +102,9 @@ def _evaluation_parser(program: str, description: str, example: str, output: str
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help=f"where {output} goes (default: the run directory, the backbone's folder, "
                         "or OUTPUT_DIR/random_init for --random-init)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {output} where it holds the scores of other settings (without it, the "
+                        "command refuses to; the same settings' scores are always replaced)")
     return parser
 
 
@@ -123,16 +125,22 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
         if _classes_unseen_in_training(target[0]):
             raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
                               "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
-        _probe(*target)
+        _probe(*target, overwrite=args.overwrite)
 
 
-def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
-           accelerator: Optional[Accelerator] = None) -> None:
-    """Linear probe + kNN of ``backbone`` (random init if None); print and write ``linear_probe.json``."""
+def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, source: Union[Path, str],
+           accelerator: Optional[Accelerator] = None, overwrite: bool = False) -> None:
+    """Linear probe + kNN of ``backbone`` (random init if None; ``source``: its file, or the words of a random init);
+    print and write ``linear_probe.json``, refused before the work where it holds another protocol's scores
+    unless ``overwrite``."""
     from sslsec.data import load_splits
     from sslsec.engine import make_accelerator
     from sslsec.eval import eval_crop_size, evaluate_backbone, random_backbone
+    from sslsec.runs import check_scores_file, scores_protocol, write_scores
 
+    path, protocol = output_dir / "linear_probe.json", scores_protocol(config, source)
+    if not overwrite:
+        check_scores_file(path, protocol)
     train, val, test = load_splits(config)
     if backbone is None:
         backbone = random_backbone(config, train.channels)
@@ -144,24 +152,26 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
-        _print_probe(result, output_dir / "linear_probe.json")
+        write_scores(path, result, protocol)
+        _print_probe(result, path)
 
 
-def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str]:
-    """(config, backbone or None for random init, output directory, a label for the backbone)."""
-    from sslsec.runs import load_run, load_saved_backbone
+def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str, Union[Path, str]]:
+    """(config, backbone or None for random init, output directory, a label for the backbone, its source: the
+    weights file or the words of a random init)."""
+    from sslsec.runs import RunPaths, load_run, load_saved_backbone
 
     if args.run is not None:
         config, backbone = load_run(args.run, args.overrides)
-        return config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})"
+        return (config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})",
+                RunPaths(args.run).backbone)
     config = load_config(args.config, args.overrides)
     if args.backbone is not None:
-        return config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent, str(args.backbone)
+        return (config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent,
+                str(args.backbone), args.backbone)
     # Beside the run of the same config, never over it: the README's order (main job, then baseline) must work.
     output_dir = args.output_dir or Path(config.output_dir) / "random_init"
-    return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})"
+    return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})", "random init"
 
 
 def _print_probe(result: dict, path: Path) -> None:
@@ -193,15 +203,22 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
         "data.test_classes=[5,6,7,8,9]", "retrieval.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        _retrieval(*_probe_target(args))
+        _retrieval(*_probe_target(args), overwrite=args.overwrite)
 
 
-def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str) -> None:
-    """Retrieval scores of ``backbone`` (random init if None); print the table and write ``retrieval.json``."""
+def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, source: Union[Path, str],
+               overwrite: bool = False) -> None:
+    """Retrieval scores of ``backbone`` (random init if None; ``source`` as for :func:`_probe`); print the table and
+    write ``retrieval.json``, refused before the work where it holds another protocol's scores unless ``overwrite``."""
     from accelerate import PartialState
 
     from sslsec.engine import make_accelerator
     from sslsec.eval import score_retrieval
+    from sslsec.runs import check_scores_file, scores_protocol, write_scores
+
+    path, protocol = output_dir / "retrieval.json", scores_protocol(config, source)
+    if not overwrite:
+        check_scores_file(path, protocol)
 
     result = score_retrieval(config, backbone,
                              accelerator=make_accelerator(mixed_precision=config.trainer.mixed_precision))
@@ -214,9 +231,8 @@ def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, 
         print(f"  {split:<6} {scores['images']:>7} {scores['classes']:>7}  "
               + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS)
               + f"  {scores['norm_std_over_mean']:.3f}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output_dir / 'retrieval.json'}")
+    write_scores(path, result, protocol)
+    print(f"wrote {path}")
 
 
 def _classes_unseen_in_training(config: Config) -> bool:
@@ -233,6 +249,8 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
                      "directory.", "trainer.seed=1 data.root=/elsewhere")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="a pretraining run directory")
     parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
+    parser.add_argument("--overwrite", action="store_true", help="replace diagnostics_seedN.json (and its PNGs) "
+                        "where it holds the diagnostics of other settings (without it, the command refuses to)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
         from sslsec.runs import finished_run
@@ -240,7 +258,7 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
         finished_run(args.run)  # before the imports of the work: a wrong path is a one-second error
         from sslsec.analysis.diagnostics import diagnose_run
 
-        result = diagnose_run(args.run, args.overrides, n=args.n)
+        result = diagnose_run(args.run, args.overrides, n=args.n, overwrite=args.overwrite)
     print(f"{result['method']} on {result['dataset']}, {result['n_images']} test images, two views each")
     print(f"  projection norm  mean {result['norm_mean']:.3f}  std {result['norm_std']:.3f}  "
           f"std/mean {result['norm_std_over_mean']:.3f}")
@@ -271,7 +289,7 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
         if args.probe and RunPaths(run_dir).finished():
             config, backbone = load_run(run_dir)
             evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
-            evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
+            evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})", RunPaths(run_dir).backbone)
     PartialState().destroy_process_group()
 
 

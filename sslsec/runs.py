@@ -8,9 +8,10 @@ complete one) and, once pretraining has finished, ``backbone.safetensors`` and `
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from sslsec.config import Config, config_keys, format_override, load_config
 
@@ -78,6 +79,57 @@ def finished_run(run_dir: Union[str, Path]) -> RunPaths:
         raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; finish the run with: "
                        f"{resume_command(config, 'auto', run_dir=paths.root, changes=changes)}")
     return paths
+
+
+# The config keys that set an evaluation's scores; of the data section, all but where and how the images are read.
+PROTOCOL_SECTIONS = ("eval.", "data.", "augment.")
+PROTOCOL_KEYS = ("method", "trainer.seed")
+NOT_PROTOCOL_KEYS = ("data.root", "data.num_workers", "data.skip_corrupt", "data.download")
+
+
+def scores_protocol(config: Config, backbone: Union[str, Path], **settings: Any) -> Dict[str, Any]:
+    """What sets the scores of an evaluation of ``backbone`` (a weights file's ``Path``, or the words of a random
+    init) under ``config``: the file's resolved path, the ``eval``, ``data`` and ``augment`` keys (not ``data.root``
+    and the other keys of how images are read), ``method``, ``trainer.seed``, the ``model`` keys of random weights,
+    and ``settings`` (``n=1024``). An evaluation
+    records it beside its scores (``"protocol"``) and replaces a scores file only of the same protocol
+    (:func:`check_scores_file`). JSON values, so that it compares equal to the one read back."""
+    weights = isinstance(backbone, Path)
+    source = str(backbone.resolve()) if weights else backbone
+    sections = PROTOCOL_SECTIONS if weights else (*PROTOCOL_SECTIONS, "model.")  # random weights: their network
+    keys = {key: value for key, value in config_keys(config) if key not in NOT_PROTOCOL_KEYS
+            and (key in PROTOCOL_KEYS or key.startswith(sections))}
+    return json.loads(json.dumps({"backbone": source, **settings, **keys}))
+
+
+def check_scores_file(path: Union[str, Path], protocol: Mapping[str, Any],
+                      fix: str = "pass --output-dir DIR to keep both, or --overwrite to replace it") -> None:
+    """A :class:`RunError` naming the settings that differ when ``path`` holds the scores of another protocol than
+    ``protocol`` (:func:`scores_protocol`): an evaluation never silently replaces another protocol's scores, as
+    pretraining never replaces a run. Nothing to say when ``path`` does not exist or records the same protocol."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text()).get("protocol")
+    except (ValueError, AttributeError):
+        saved = None
+    if saved == protocol:
+        return
+    if not isinstance(saved, dict):
+        what = "scores that record no protocol"
+    else:
+        changed = [f"{key}={saved.get(key)!r} -> {protocol.get(key)!r}"
+                   for key in dict.fromkeys([*saved, *protocol]) if saved.get(key) != protocol.get(key)]
+        what = f"the scores of another protocol ({', '.join(changed)})"
+    raise RunError(f"{path} holds {what}; {fix}")
+
+
+def write_scores(path: Union[str, Path], result: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+    """``result`` as JSON at ``path``, with the ``protocol`` that :func:`check_scores_file` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "protocol": dict(protocol)}, indent=2) + "\n")
 
 
 def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:

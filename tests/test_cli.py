@@ -42,6 +42,35 @@ def test_random_init_after_the_run_writes_beside_it_not_over_it(run_dir):
     assert "random init" in json.loads((run_dir / "random_init" / "linear_probe.json").read_text())["backbone"]
 
 
+def test_scores_of_other_settings_never_replace_a_scores_file_silently(run_dir, tmp_path, capsys):
+    from sslsec.cli import retrieval_main
+
+    linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=2"])  # the main job's probe
+    first = (run_dir / "linear_probe.json").read_text()
+    assert json.loads(first)["protocol"]["eval.probe_epochs"] == 2
+    other = ["--backbone", str(run_dir / "backbone.safetensors"), "--config", str(run_dir / "config.yaml"),
+             "eval.probe_epochs=3"]  # the same weights, by their file, probed another way: into the same folder
+    capsys.readouterr()
+    err = run_cli_expecting_error(linear_probe_main, other, capsys)
+    assert "linear_probe.json holds the scores of another protocol (eval.probe_epochs=2 -> 3)" in err
+    assert "--output-dir DIR to keep both, or --overwrite" in err
+    assert (run_dir / "linear_probe.json").read_text() == first
+    linear_probe_main([*other, "--output-dir", str(tmp_path / "other")])  # beside it
+    assert json.loads((tmp_path / "other" / "linear_probe.json").read_text())["epochs"] == 3
+    linear_probe_main([*other, "--overwrite"])
+    assert json.loads((run_dir / "linear_probe.json").read_text())["epochs"] == 3
+    linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=3"])  # the same protocol: a rerun replaces it
+
+    retrieval_main(["--run", str(run_dir)])
+    scores = (run_dir / "retrieval.json").read_text()
+    capsys.readouterr()
+    err = run_cli_expecting_error(retrieval_main, ["--run", str(run_dir), "data.test_limit=16"], capsys)
+    assert "retrieval.json holds the scores of another protocol (data.test_limit=None -> 16)" in err
+    assert (run_dir / "retrieval.json").read_text() == scores
+    retrieval_main(["--run", str(run_dir), "data.test_limit=16", "--overwrite"])
+    assert json.loads((run_dir / "retrieval.json").read_text())["test"]["images"] == 16
+
+
 def run_cli_expecting_error(main, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
