@@ -224,7 +224,10 @@ def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, 
                              accelerator=make_accelerator(mixed_precision=config.trainer.mixed_precision))
     if not PartialState().is_main_process:
         return
-    print(f"{label}: retrieval by cosine similarity, each image against the others of its split")
+    classes = ("classes never seen in training" if _classes_unseen_in_training(config) else
+               "the training classes (seen in pretraining)")
+    print(f"{label}: retrieval by cosine similarity, each image against the others of its split; the test split "
+          f"holds {classes}")
     print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS)
           + "  ||e|| std/mean")
     for split, scores in result.items():

@@ -61,9 +61,10 @@ def test_scores_of_other_settings_never_replace_a_scores_file_silently(run_dir, 
     assert json.loads((run_dir / "linear_probe.json").read_text())["epochs"] == 3
     linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=3"])  # the same protocol: a rerun replaces it
 
-    retrieval_main(["--run", str(run_dir)])
-    scores = (run_dir / "retrieval.json").read_text()
     capsys.readouterr()
+    retrieval_main(["--run", str(run_dir)])  # an SSL run saw every class: not "unseen classes"
+    assert "the test split holds the training classes (seen in pretraining)" in capsys.readouterr().out
+    scores = (run_dir / "retrieval.json").read_text()
     err = run_cli_expecting_error(retrieval_main, ["--run", str(run_dir), "data.test_limit=16"], capsys)
     assert "retrieval.json holds the scores of another protocol (data.test_limit=None -> 16)" in err
     assert (run_dir / "retrieval.json").read_text() == scores

@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -386,18 +387,35 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 
 
 def _load_cifar(name: str, root, split: str, download: bool) -> ImageArrays:
-    """CIFAR-10/100 through torchvision's own reader (pickled batches in ``root/cifar-10-batches-py``)."""
+    """CIFAR-10/100 through torchvision's own reader (pickled batches in ``root/cifar-10-batches-py``). A download
+    that fails leaves nothing behind: the folders it made and its partial archive are removed."""
+    from urllib.error import URLError
+
     from torchvision.datasets import CIFAR10, CIFAR100
 
     reader = CIFAR10 if name == "cifar10" else CIFAR100
     root = Path(root if root is not None else f"data/{name}")
+    made = next((folder for folder in [*reversed(root.parents), root] if not folder.exists()), None)
+    archive = root / reader.filename
+    had_archive = archive.exists()
     try:
         data = reader(str(root), train=split == "train", download=download)
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise DatasetError(
-            f"cannot read {name} from {root / reader.base_folder} ({type(err).__name__}: {err}). Download it with "
-            f"data.download=true (load_dataset(..., download=True)) or set data.root to the folder that holds "
-            f"{reader.base_folder}/") from None
+        if download and isinstance(err, (URLError, ConnectionError, TimeoutError)):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            elif not had_archive:
+                archive.unlink(missing_ok=True)
+            raise DatasetError(
+                f"cannot download {name} ({type(err).__name__}: {err}): no network? On a machine with one, fetch "
+                f"{reader.url} and extract it into {root} (it holds {reader.base_folder}/), then run with "
+                "data.download=false") from None
+        fix = (f"delete {root / reader.base_folder} to download it again, or set data.root to the folder that holds "
+               f"a good {reader.base_folder}/" if download else
+               "download it with data.download=true (load_dataset(..., download=True)) or set data.root to the folder "
+               f"that holds {reader.base_folder}/")
+        raise DatasetError(f"cannot read {name} from {root / reader.base_folder} ({type(err).__name__}: {err}). "
+                           f"{fix[0].upper()}{fix[1:]}") from None
     images = torch.from_numpy(np.ascontiguousarray(data.data)).permute(0, 3, 1, 2)
     mean, std = STATS[name]
     return ImageArrays(images, torch.tensor(data.targets), list(data.classes), mean, std, name)
