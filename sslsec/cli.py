@@ -121,11 +121,7 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
                                 "backbone.", "eval.probe_epochs=10 data.train_limit=5000", "linear_probe.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        target = _probe_target(args)
-        if _classes_unseen_in_training(target[0]):
-            raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
-                              "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
-        _probe(*target, overwrite=args.overwrite)
+        _probe(*_probe_target(args), overwrite=args.overwrite)
 
 
 def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, source: Union[Path, str],
@@ -138,6 +134,9 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     from sslsec.eval import eval_crop_size, evaluate_backbone, random_backbone
     from sslsec.runs import check_scores_file, scores_protocol, write_scores
 
+    if _classes_unseen_in_training(config):
+        raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
+                          "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
     path, protocol = output_dir / "linear_probe.json", scores_protocol(config, source)
     if not overwrite:
         check_scores_file(path, protocol)
@@ -243,6 +242,11 @@ def _classes_unseen_in_training(config: Config) -> bool:
     return config.data.test_classes is not None and config.data.test_classes != config.data.train_classes
 
 
+# The command of each kind of Method.evaluation that ``sslsec-pretrain --probe`` runs (the study's are
+# sslsec.analysis.scoring.SCORERS): (config, backbone, output directory, label, source) -> writes the scores file.
+EVALUATIONS = {"linear_probe": _probe, "retrieval": _retrieval}
+
+
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-diagnose``: projection-norm and pair-cosine diagnostics of a run; writes PNGs and
     ``diagnostics_seedN.json``, one set per seed."""
@@ -276,8 +280,9 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
                      "Spherical Embedding Constraint. Run it with python, or with accelerate launch / torchrun for "
                      "several processes.", "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
-    parser.add_argument("--probe", action="store_true", help="evaluate the result: the linear probe and kNN, or "
-                        "retrieval (sslsec-retrieval) where the test classes are not the training classes")
+    parser.add_argument("--probe", action="store_true", help="evaluate the result as its method is scored "
+                        "(Method.evaluation, as the study does): the linear probe and kNN (SimCLR, MoCo), or "
+                        "retrieval (sslsec-retrieval; method: metric)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog, "no checkpoint was written now (training checkpoints at "
                              "Ctrl-C only between its steps)"):
@@ -290,9 +295,15 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
         with _nothing_left_on_data_error(Path(config.output_dir)):
             run_dir = pretrain(config)
         if args.probe and RunPaths(run_dir).finished():
+            from sslsec.analysis.scoring import evaluation
+
             config, backbone = load_run(run_dir)
-            evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
-            evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})", RunPaths(run_dir).backbone)
+            kind = evaluation(config.method)  # the study's rule: the method's Method.evaluation
+            if kind not in EVALUATIONS:
+                raise ConfigError(f"--probe has no command for method={config.method}'s evaluation {kind!r}; "
+                                  f"it scores {', '.join(EVALUATIONS)}")
+            EVALUATIONS[kind](config, backbone, run_dir, f"{config.model.backbone} ({run_dir})",
+                              RunPaths(run_dir).backbone)
     PartialState().destroy_process_group()
 
 

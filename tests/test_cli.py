@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sslsec.cli import diagnose_main, linear_probe_main, pretrain_main, study_main
-from tests.fixtures import write_jpeg_folder, write_run
+from tests.fixtures import write_jpeg_folder, write_npz, write_run
 from tests.launch import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +70,22 @@ def test_scores_of_other_settings_never_replace_a_scores_file_silently(run_dir, 
     assert (run_dir / "retrieval.json").read_text() == scores
     retrieval_main(["--run", str(run_dir), "data.test_limit=16", "--overwrite"])
     assert json.loads((run_dir / "retrieval.json").read_text())["test"]["images"] == 16
+
+
+def test_pretrain_probe_scores_a_run_by_its_method_evaluation_as_the_study_does(tmp_path):
+    from sslsec.analysis.scoring import SCORERS, evaluation
+    from sslsec.cli import EVALUATIONS
+    from sslsec.methods import METHODS
+
+    assert {evaluation(name) for name in METHODS} <= set(EVALUATIONS) & set(SCORERS)  # each kind: both commands
+    write_npz(tmp_path / "data", channels=1, size=12, n_train=48, n_test=24, num_classes=4)
+    run = tmp_path / "run"  # no data.test_classes: the test split holds the training classes, still retrieval
+    pretrain_main(["--probe", "method=metric", "data.name=npz", f"data.root={tmp_path / 'data'}",
+                   "model.backbone=small_cnn", "model.embedding_dim=8", "metric.images_per_class=4",
+                   "trainer.batch_size=12", "trainer.epochs=1", "trainer.eval_every=0", "optim.name=adam",
+                   "trainer.mixed_precision=no", f"output_dir={run}"])
+    assert json.loads((run / "retrieval.json").read_text())["test"]["classes"] == 4
+    assert not (run / "linear_probe.json").exists()
 
 
 def run_cli_expecting_error(main, argv, capsys):

@@ -34,6 +34,10 @@ import torch
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
+from sslsec.data.folders import FOLDER_READERS
+from sslsec.errors import DatasetError
+from sslsec.errors import some as _some
+
 __all__ = ["DATASET_NAMES", "CorruptImageError", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset",
            "select_classes", "stratified_first"]
 
@@ -48,10 +52,6 @@ STATS = {  # per-channel mean and std of the training images, in [0, 1] units
 }
 _JPEG_SUFFIXES = (".jpeg", ".jpg")
 _LAYOUT = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
-
-
-class DatasetError(ValueError):
-    """A data set is missing or malformed; the message names the path and how to get or fix the data."""
 
 
 class CorruptImageError(DatasetError):
@@ -320,10 +320,6 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
 
 
-def _some(names: list[str]) -> str:
-    return f"{names[:5]}{' ...' if len(names) > 5 else ''}"
-
-
 @contextlib.contextmanager
 def _torchvision_io() -> Iterator[None]:
     """Silence the DeprecationWarning torchvision 0.29 raises on every call of its image codecs."""
@@ -371,9 +367,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
             raise DatasetError("imagenet_folder needs root: the folder holding train/<class>/*.JPEG and val/")
         dataset = ImageFolderDataset(root, split, image_size or 224, class_list)
     elif name in _LISTED_FOLDERS:
-        from sslsec.data.folders import FOLDER_READERS  # here: that module builds on ImageFolderDataset
-
-        dataset = FOLDER_READERS[name](root, split, image_size or 256)
+        samples, classes, base = FOLDER_READERS[name](root)
+        dataset = ImageFolderDataset.from_samples(samples, classes, root=base, split=split,
+                                                  image_size=image_size or 256, name=name)
     else:
         dataset = _IN_MEMORY_LOADERS[name](name, root, split, download)
         if image_size is not None and image_size != dataset.image_size:
@@ -512,5 +508,5 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
-_LISTED_FOLDERS = ("cub200", "cars196")  # JPEG sets that list their files (sslsec.data.folders), for metric learning
+_LISTED_FOLDERS = tuple(FOLDER_READERS)  # JPEG sets that list their files (sslsec.data.folders), for metric learning
 DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS)  # the one list of names (config reads it)

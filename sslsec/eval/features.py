@@ -10,7 +10,7 @@ into data-set order on every process::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from sslsec.augment import EvalTransform
 from sslsec.data import BatchLoader
+
+if TYPE_CHECKING:
+    from sslsec.config import Config
 
 Features = Tuple[Tensor, Tensor]  # features float32 (N, F), labels int64 (N,), both on CPU
 
@@ -104,6 +107,13 @@ def eval_transform(dataset: Any, crop_size: Optional[int] = None) -> EvalTransfo
     if crop_size is None or crop_size >= dataset.image_size:
         return EvalTransform(None, dataset.mean, dataset.std)
     return EvalTransform(crop_size, dataset.mean, dataset.std, resize=dataset.image_size)
+
+
+def eval_crop_size(config: Config) -> Optional[int]:
+    """The view size evaluation scores at: ``data.crop_size``, or None (whole images) if not ``eval.center_crop``.
+    Here, beside :func:`eval_transform`, so that the methods' monitors and the protocol read it from one place below
+    both."""
+    return config.data.crop_size if config.eval.center_crop else None
 
 
 def _embed(backbone: nn.Module, transform: nn.Module, images: Tensor, seed: Optional[int],

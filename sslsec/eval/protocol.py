@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from sslsec.data import load_splits
-from sslsec.eval.features import device_of, extract_features, extractor
+from sslsec.eval.features import device_of, eval_crop_size, extract_features, extractor
 from sslsec.eval.knn import knn_on_features
 from sslsec.eval.linear import linear_probe
 from sslsec.eval.retrieval import retrieval_metrics
@@ -80,11 +80,6 @@ def score_retrieval(config: Config, backbone: Optional[nn.Module] = None, *,
         backbone = random_backbone(config, train.channels)
     return retrieval_scores(backbone, {"val": val, "test": test}, accelerator=accelerator, seed=config.trainer.seed,
                             crop_size=eval_crop_size(config), num_workers=config.data.num_workers)
-
-
-def eval_crop_size(config: Config) -> Optional[int]:
-    """The view size evaluation scores at: ``data.crop_size``, or None (whole images) if not ``eval.center_crop``."""
-    return config.data.crop_size if config.eval.center_crop else None
 
 
 def random_backbone(config: Config, in_channels: int) -> nn.Module:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from sslsec.augment import ContrastiveAugment
 from sslsec.losses import SECLossOutput, WithSEC, contrastive_loss, scheduled_weight
 from sslsec.eval.knn import knn_accuracy
-from sslsec.eval.protocol import eval_crop_size
+from sslsec.eval.features import eval_crop_size
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
