@@ -1,7 +1,8 @@
 """The run directory: where pretraining writes, and how evaluation and analysis read a finished run back.
 
 ``output_dir/`` holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``latest`` names the newest
-complete one) and, once pretraining has finished, ``backbone.safetensors`` and ``projection_head.safetensors``::
+complete one) and, once pretraining has finished, ``backbone.safetensors`` and (a method with a projection head:
+SimCLR, MoCo) ``projection_head.safetensors``::
 
     config, backbone = load_run("runs/simclr_fmnist", ["data.test_limit=1000"])
 """
@@ -149,15 +150,18 @@ def load_saved_backbone(path: Union[str, Path]) -> nn.Module:
 
 
 def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
-    """The trained projection head of a pretraining run (``projection_head.safetensors``)."""
+    """The trained projection head of a pretraining run (``projection_head.safetensors``); a head without weights
+    (metric learning's, the identity) is built, as it is saved nowhere."""
     from safetensors.torch import load_model
 
     from sslsec.methods import build_projection_head
 
+    head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,
+                                 config.model.projection_dim)
+    if not head.state_dict():
+        return head
     path = RunPaths(run_dir).projection_head
     if not path.is_file():
         raise RunError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")
-    head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,
-                                 config.model.projection_dim)
     load_model(head, str(path))
     return head

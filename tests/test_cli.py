@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from sslsec.cli import diagnose_main, linear_probe_main, pretrain_main, study_main
 from tests.fixtures import write_jpeg_folder, write_npz, write_run
@@ -86,6 +87,11 @@ def test_pretrain_probe_scores_a_run_by_its_method_evaluation_as_the_study_does(
                    "trainer.mixed_precision=no", f"output_dir={run}"])
     assert json.loads((run / "retrieval.json").read_text())["test"]["classes"] == 4
     assert not (run / "linear_probe.json").exists()
+    assert not (run / "projection_head.safetensors").exists()  # metric learning has no head: no empty file
+    from sslsec.config import load_config as read_config
+    from sslsec.runs import load_projection_head
+
+    assert isinstance(load_projection_head(run, read_config(run / "config.yaml"), 8), torch.nn.Identity)
 
 
 def run_cli_expecting_error(main, argv, capsys):

@@ -251,7 +251,7 @@ def pretrain(config: Config) -> Path:
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     try:
         core = accelerator.unwrap_model(model)
-        core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
+        core.defer_finite_checks()  # the watch checks the loss instead, without a sync per step
 
         while progress.epoch < config.trainer.epochs:
             loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
@@ -310,7 +310,7 @@ def _flush(log: MetricsLog, progress: Progress, scheduler, config: Config, core:
     the steps the loss scaler skipped so far."""
     skipped = {} if watch.accelerator.scaler is None else {"skipped_steps": watch.skipped_steps}
     return log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale, **skipped)
+                     sec_weight=config.loss.sec_weight * core.sec_weight_scale, **skipped)
 
 
 def _at_max_steps(config: Config, progress: Progress) -> bool:
@@ -420,6 +420,7 @@ def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> Non
         spec = type(core).backbone_spec(config, in_channels)
         paths = RunPaths(output_dir)
         save_backbone(core.backbone, paths.backbone, spec)
-        save_module(core.head, paths.projection_head)
+        if core.head.state_dict():  # metric learning's NoHead has no weights: no empty file
+            save_module(core.head, paths.projection_head)
         accelerator.print(f"wrote {paths.backbone}")
     accelerator.wait_for_everyone()

@@ -53,6 +53,17 @@ class Method(nn.Module):
     def forward(self, view0: Tensor, view1: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         raise NotImplementedError
 
+    @property
+    def sec_weight_scale(self) -> float:
+        """The SEC schedule's factor in force (set by :meth:`before_step`): this step's weight is ``loss.sec_weight``
+        times it."""
+        return self.criterion.weight_scale
+
+    def defer_finite_checks(self) -> None:
+        """Leave the NaN/Inf check of the embeddings to the caller, which checks the loss instead (the trainer's
+        ``NonFiniteWatch``, without reading a value back from the device at every step)."""
+        self.criterion.check_finite = False
+
     def networks(self) -> List[nn.Module]:
         """The networks a step runs through: the backbone and the head (what :meth:`compile_networks` compiles)."""
         return [self.backbone, self.head]
