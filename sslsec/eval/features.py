@@ -134,11 +134,11 @@ def _placement(backbone: nn.Module, accelerator: Optional[Accelerator]) -> Tuple
 
 
 def _gather_shards(accelerator: Accelerator, shard: Tensor) -> Tensor:
-    """Concatenate every process's ``shard`` (uneven lengths allowed) in rank order."""
-    sizes = accelerator.gather(torch.tensor([len(shard)], device=shard.device)).tolist()
-    padded = accelerator.gather(accelerator.pad_across_processes(shard.contiguous(), dim=0))
-    per_rank = padded.reshape(len(sizes), -1, *shard.shape[1:])
-    return torch.cat([per_rank[rank, :size] for rank, size in enumerate(sizes)])
+    """Every process's ``shard`` of one batch, concatenated in rank order on the CPU: the batch in data-set order,
+    since the loader cuts each global batch into contiguous rank shards. accelerate's ``gather_for_metrics`` of the
+    objects, because the shards of the last batch differ in length (even empty); the loader is not accelerate's, so
+    it drops nothing."""
+    return torch.cat(accelerator.gather_for_metrics([shard.cpu()], use_gather_object=True))
 
 
 def derive_seed(*numbers: int) -> int:
