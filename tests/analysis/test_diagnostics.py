@@ -57,7 +57,8 @@ def test_diagnose_cli_writes_histograms_and_json(run_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         diagnose_main(["--run", str(run_dir), "--n", "32"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "diagnostics_seed0.json holds the scores of another protocol (n=64 -> 32)" in err
+    assert exit_info.value.code == 2
+    assert "diagnostics_seed0.json holds the scores of another protocol (n=64 -> 32)" in err
     assert "--overwrite" in err and {name: (run_dir / name).read_bytes() for name in seed0} == seed0
     diagnose_main(["--run", str(run_dir), "--n", "32", "--overwrite"])
     assert json.loads((run_dir / "diagnostics_seed0.json").read_text())["n_images"] == 32
