@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 from sslsec.analysis.choices import (DEFAULT_VARIANTS, METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS,
                                      METRIC_DEFAULT_WEIGHTS, VARIANTS)
@@ -103,6 +102,9 @@ def _evaluation_parser(program: str, description: str, example: str, output: str
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help=f"where {output} goes (default: the run directory, the backbone's folder, "
                         "or OUTPUT_DIR/random_init for --random-init)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {output} where it holds the scores of other settings (without it, the "
+                        "command refuses to; the same settings' scores are always replaced)")
     return parser
 
 
@@ -119,20 +121,25 @@ def linear_probe_main(argv: Optional[Sequence[str]] = None) -> None:
                                 "backbone.", "eval.probe_epochs=10 data.train_limit=5000", "linear_probe.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        target = _probe_target(args)
-        if _classes_unseen_in_training(target[0]):
-            raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
-                              "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
-        _probe(*target)
+        _probe(*_probe_target(args), overwrite=args.overwrite)
 
 
-def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
-           accelerator: Optional[Accelerator] = None) -> None:
-    """Linear probe + kNN of ``backbone`` (random init if None); print and write ``linear_probe.json``."""
+def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, source: Union[Path, str],
+           accelerator: Optional[Accelerator] = None, overwrite: bool = False) -> None:
+    """Linear probe + kNN of ``backbone`` (random init if None; ``source``: its file, or the words of a random init);
+    print and write ``linear_probe.json``, refused before the work where it holds another protocol's scores
+    unless ``overwrite``."""
     from sslsec.data import load_splits
     from sslsec.engine import make_accelerator
     from sslsec.eval import eval_crop_size, evaluate_backbone, random_backbone
+    from sslsec.runs import check_scores_file, scores_protocol, write_scores
 
+    if _classes_unseen_in_training(config):
+        raise ConfigError("data.test_classes are not the training classes, so a classifier trained on the "
+                          "training split cannot score them: use sslsec-retrieval (scripts/retrieval.py)")
+    path, protocol = output_dir / "linear_probe.json", scores_protocol(config, source)
+    if not overwrite:
+        check_scores_file(path, protocol)
     train, val, test = load_splits(config)
     if backbone is None:
         backbone = random_backbone(config, train.channels)
@@ -144,24 +151,26 @@ def _probe(config: Config, backbone: Optional[nn.Module], output_dir: Path, labe
     result = {"dataset": test.name, "backbone": label, **result, "mixed_precision": accelerator.mixed_precision,
               "num_processes": accelerator.num_processes, "seconds": time.perf_counter() - start}
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
-        _print_probe(result, output_dir / "linear_probe.json")
+        write_scores(path, result, protocol)
+        _print_probe(result, path)
 
 
-def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str]:
-    """(config, backbone or None for random init, output directory, a label for the backbone)."""
-    from sslsec.runs import load_run, load_saved_backbone
+def _probe_target(args: argparse.Namespace) -> Tuple[Config, Optional[nn.Module], Path, str, Union[Path, str]]:
+    """(config, backbone or None for random init, output directory, a label for the backbone, its source: the
+    weights file or the words of a random init)."""
+    from sslsec.runs import RunPaths, load_run, load_saved_backbone
 
     if args.run is not None:
         config, backbone = load_run(args.run, args.overrides)
-        return config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})"
+        return (config, backbone, args.output_dir or args.run, f"{config.model.backbone} ({args.run})",
+                RunPaths(args.run).backbone)
     config = load_config(args.config, args.overrides)
     if args.backbone is not None:
-        return config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent, str(args.backbone)
+        return (config, load_saved_backbone(args.backbone), args.output_dir or args.backbone.parent,
+                str(args.backbone), args.backbone)
     # Beside the run of the same config, never over it: the README's order (main job, then baseline) must work.
     output_dir = args.output_dir or Path(config.output_dir) / "random_init"
-    return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})"
+    return config, None, output_dir, f"{config.model.backbone} (random init, seed {config.trainer.seed})", "random init"
 
 
 def _print_probe(result: dict, path: Path) -> None:
@@ -193,30 +202,39 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> None:
         "data.test_classes=[5,6,7,8,9]", "retrieval.json")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        _retrieval(*_probe_target(args))
+        _retrieval(*_probe_target(args), overwrite=args.overwrite)
 
 
-def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str) -> None:
-    """Retrieval scores of ``backbone`` (random init if None); print the table and write ``retrieval.json``."""
+def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, source: Union[Path, str],
+               overwrite: bool = False) -> None:
+    """Retrieval scores of ``backbone`` (random init if None; ``source`` as for :func:`_probe`); print the table and
+    write ``retrieval.json``, refused before the work where it holds another protocol's scores unless ``overwrite``."""
     from accelerate import PartialState
 
     from sslsec.engine import make_accelerator
     from sslsec.eval import score_retrieval
+    from sslsec.runs import check_scores_file, scores_protocol, write_scores
+
+    path, protocol = output_dir / "retrieval.json", scores_protocol(config, source)
+    if not overwrite:
+        check_scores_file(path, protocol)
 
     result = score_retrieval(config, backbone,
                              accelerator=make_accelerator(mixed_precision=config.trainer.mixed_precision))
     if not PartialState().is_main_process:
         return
-    print(f"{label}: retrieval by cosine similarity, each image against the others of its split")
+    classes = ("classes never seen in training" if _classes_unseen_in_training(config) else
+               "the training classes (seen in pretraining)")
+    print(f"{label}: retrieval by cosine similarity, each image against the others of its split; the test split "
+          f"holds {classes}")
     print(f"  {'split':<6} {'images':>7} {'classes':>7}  " + "  ".join(f"{name:>6}" for _, name in RETRIEVAL_COLUMNS)
           + "  ||e|| std/mean")
     for split, scores in result.items():
         print(f"  {split:<6} {scores['images']:>7} {scores['classes']:>7}  "
               + "  ".join(f"{scores[key]:6.2f}" for key, _ in RETRIEVAL_COLUMNS)
               + f"  {scores['norm_std_over_mean']:.3f}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output_dir / 'retrieval.json'}")
+    write_scores(path, result, protocol)
+    print(f"wrote {path}")
 
 
 def verification_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -228,29 +246,27 @@ def verification_main(argv: Optional[Sequence[str]] = None) -> None:
         "validation and test splits, and each insightface .bin file or LFW-style folder with a pairs.txt of "
         "eval.verification_sets. Writes verification.json and a ROC plot per set (verification_roc_SET.png).",
         "eval.verification_sets=[data/lfw.bin]", "verification.json")
-    parser.add_argument("--output", type=Path, metavar="FILE", help="write the scores to FILE (and the plots "
-                        "beside it) instead of OUTPUT_DIR/verification.json")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an output file that holds scores of another protocol (refused otherwise)")
     args = _evaluation_args(parser, argv)
     with _exit_on_user_error(parser.prog):
-        config, backbone, output_dir, label = _probe_target(args)
-        _verification(config, backbone, output_dir, label, output=args.output, overwrite=args.overwrite)
+        _verification(*_probe_target(args), overwrite=args.overwrite)
 
 
-def _verification(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, *,
-                  output: Optional[Path] = None, overwrite: bool = False) -> None:
+def _verification(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
+                  source: Union[Path, str, None] = None, *, overwrite: bool = False) -> None:
     """Verification scores of ``backbone`` (random init if None); print the table, write ``verification.json``
-    (or ``output``) and the ROC plots; refuse, before the work, to replace scores of another protocol."""
+    and the ROC plots; refuse, before the work, to replace scores of another protocol (its
+    ``source``: the weights file, or the words of a random init)."""
     from accelerate import PartialState
 
-    from sslsec.analysis.verification_report import (check_output, format_verification, verification_protocol,
-                                                     write_verification)
+    from sslsec.analysis.verification_report import format_verification, write_verification
     from sslsec.engine import make_accelerator
     from sslsec.eval import score_verification
 
-    path, protocol = output or output_dir / "verification.json", verification_protocol(config)
-    check_output(path, protocol, overwrite)
+    from sslsec.runs import check_scores_file, scores_protocol
+
+    path, protocol = output_dir / "verification.json", scores_protocol(config, source or label)
+    if not overwrite:
+        check_scores_file(path, protocol)
     start = time.perf_counter()
     accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision)
     result = score_verification(config, backbone, accelerator=accelerator)
@@ -265,16 +281,14 @@ def _verification(config: Config, backbone: Optional[nn.Module], output_dir: Pat
                              " (no ROC plots: pip install 'sslsec[plots]')"))
 
 
-def _scored_by_verification(config: Config) -> bool:
-    """The run's method is scored by face verification (``Method.evaluation == "verification"``)."""
-    from sslsec.methods import method_class
-
-    return method_class(config.method).evaluation == "verification"
-
-
 def _classes_unseen_in_training(config: Config) -> bool:
     """The test split holds other classes than the training split (metric learning): retrieval, not a probe."""
     return config.data.test_classes is not None and config.data.test_classes != config.data.train_classes
+
+
+# The command of each kind of Method.evaluation that ``sslsec-pretrain --probe`` runs (the study's are
+# sslsec.analysis.scoring.SCORERS): (config, backbone, output directory, label, source) -> writes the scores file.
+EVALUATIONS = {"linear_probe": _probe, "retrieval": _retrieval, "verification": _verification}
 
 
 def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -286,6 +300,8 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
                      "directory.", "trainer.seed=1 data.root=/elsewhere")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="a pretraining run directory")
     parser.add_argument("--n", type=int, default=1024, help="test images to embed (default 1024)")
+    parser.add_argument("--overwrite", action="store_true", help="replace diagnostics_seedN.json (and its PNGs) "
+                        "where it holds the diagnostics of other settings (without it, the command refuses to)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog):
         from sslsec.runs import finished_run
@@ -293,7 +309,7 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> None:
         finished_run(args.run)  # before the imports of the work: a wrong path is a one-second error
         from sslsec.analysis.diagnostics import diagnose_run
 
-        result = diagnose_run(args.run, args.overrides, n=args.n)
+        result = diagnose_run(args.run, args.overrides, n=args.n, overwrite=args.overwrite)
     print(f"{result['method']} on {result['dataset']}, {result['n_images']} test images, two views each")
     print(f"  projection norm  mean {result['norm_mean']:.3f}  std {result['norm_std']:.3f}  "
           f"std/mean {result['norm_std_over_mean']:.3f}")
@@ -308,9 +324,9 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
                      "Spherical Embedding Constraint. Run it with python, or with accelerate launch / torchrun for "
                      "several processes.", "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
-    parser.add_argument("--probe", action="store_true", help="evaluate the result: the linear probe and kNN, or "
-                        "retrieval (sslsec-retrieval) where the test classes are not the training classes, or face "
-                        "verification (sslsec-verification) for a method scored by it")
+    parser.add_argument("--probe", action="store_true", help="evaluate the result as its method is scored "
+                        "(Method.evaluation, as the study does): the linear probe and kNN (SimCLR, MoCo), or "
+                        "retrieval (sslsec-retrieval; method: metric), or face verification (sslsec-verification; method: face)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog, "no checkpoint was written now (training checkpoints at "
                              "Ctrl-C only between its steps)"):
@@ -323,11 +339,15 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
         with _nothing_left_on_data_error(Path(config.output_dir)):
             run_dir = pretrain(config)
         if args.probe and RunPaths(run_dir).finished():
+            from sslsec.analysis.scoring import evaluation
+
             config, backbone = load_run(run_dir)
-            evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
-            if _scored_by_verification(config):
-                evaluate = _verification
-            evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
+            kind = evaluation(config.method)  # the study's rule: the method's Method.evaluation
+            if kind not in EVALUATIONS:
+                raise ConfigError(f"--probe has no command for method={config.method}'s evaluation {kind!r}; "
+                                  f"it scores {', '.join(EVALUATIONS)}")
+            EVALUATIONS[kind](config, backbone, run_dir, f"{config.model.backbone} ({run_dir})",
+                              RunPaths(run_dir).backbone)
     PartialState().destroy_process_group()
 
 

@@ -107,7 +107,8 @@ class MoCoConfig:
     momentum: float = 0.99  # momentum-encoder EMA; 0.999 for ImageNet
     cosine_momentum: bool = False  # raise the momentum to 1 along a cosine schedule
     queue_size: int = 4096  # 65536 for ImageNet
-    batch_norm: str = "shuffle"  # shuffle-BN across processes, SyncBN, or plain BN
+    # shuffle-BN across processes (one process has none to shuffle with: plain BN, silently), SyncBN, or plain BN
+    batch_norm: str = "shuffle"
 
 
 @dataclass

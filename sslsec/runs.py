@@ -1,16 +1,18 @@
 """The run directory: where pretraining writes, and how evaluation and analysis read a finished run back.
 
 ``output_dir/`` holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``latest`` names the newest
-complete one) and, once pretraining has finished, ``backbone.safetensors`` and ``projection_head.safetensors``::
+complete one) and, once pretraining has finished, ``backbone.safetensors`` and (a method with a projection head:
+SimCLR, MoCo) ``projection_head.safetensors``::
 
     config, backbone = load_run("runs/simclr_fmnist", ["data.test_limit=1000"])
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from sslsec.config import Config, config_keys, format_override, load_config
 
@@ -71,10 +73,64 @@ def finished_run(run_dir: Union[str, Path]) -> RunPaths:
     if not paths.config.is_file():
         raise RunError(f"{paths.config} is missing: is {run_dir} a pretraining run directory (its output_dir)?")
     if not paths.finished():
-        # resume=auto: also right for a run that stopped before its first checkpoint (it starts again)
+        # resume=auto: also right for a run that stopped before its first checkpoint (it starts again);
+        # trainer.max_steps=null: config.yaml keeps the max_steps that stopped the run, which would stop it again
+        config = load_config(paths.config)
+        changes = {"trainer.max_steps": None} if config.trainer.max_steps is not None else {}
         raise RunError(f"{paths.backbone} is missing: pretraining writes it when it finishes; finish the run with: "
-                       f"{resume_command(load_config(paths.config), 'auto', run_dir=paths.root)}")
+                       f"{resume_command(config, 'auto', run_dir=paths.root, changes=changes)}")
     return paths
+
+
+# The config keys that set an evaluation's scores; of the data section, all but where and how the images are read.
+PROTOCOL_SECTIONS = ("eval.", "data.", "augment.")
+PROTOCOL_KEYS = ("method", "trainer.seed")
+NOT_PROTOCOL_KEYS = ("data.root", "data.num_workers", "data.skip_corrupt", "data.download")
+
+
+def scores_protocol(config: Config, backbone: Union[str, Path], **settings: Any) -> Dict[str, Any]:
+    """What sets the scores of an evaluation of ``backbone`` (a weights file's ``Path``, or the words of a random
+    init) under ``config``: the file's resolved path, the ``eval``, ``data`` and ``augment`` keys (not ``data.root``
+    and the other keys of how images are read), ``method``, ``trainer.seed``, the ``model`` keys of random weights,
+    and ``settings`` (``n=1024``). An evaluation
+    records it beside its scores (``"protocol"``) and replaces a scores file only of the same protocol
+    (:func:`check_scores_file`). JSON values, so that it compares equal to the one read back."""
+    weights = isinstance(backbone, Path)
+    source = str(backbone.resolve()) if weights else backbone
+    sections = PROTOCOL_SECTIONS if weights else (*PROTOCOL_SECTIONS, "model.")  # random weights: their network
+    keys = {key: value for key, value in config_keys(config) if key not in NOT_PROTOCOL_KEYS
+            and (key in PROTOCOL_KEYS or key.startswith(sections))}
+    return json.loads(json.dumps({"backbone": source, **settings, **keys}))
+
+
+def check_scores_file(path: Union[str, Path], protocol: Mapping[str, Any],
+                      fix: str = "pass --output-dir DIR to keep both, or --overwrite to replace it") -> None:
+    """A :class:`RunError` naming the settings that differ when ``path`` holds the scores of another protocol than
+    ``protocol`` (:func:`scores_protocol`): an evaluation never silently replaces another protocol's scores, as
+    pretraining never replaces a run. Nothing to say when ``path`` does not exist or records the same protocol."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text()).get("protocol")
+    except (ValueError, AttributeError):
+        saved = None
+    if saved == protocol:
+        return
+    if not isinstance(saved, dict):
+        what = "scores that record no protocol"
+    else:
+        changed = [f"{key}={saved.get(key)!r} -> {protocol.get(key)!r}"
+                   for key in dict.fromkeys([*saved, *protocol]) if saved.get(key) != protocol.get(key)]
+        what = f"the scores of another protocol ({', '.join(changed)})"
+    raise RunError(f"{path} holds {what}; {fix}")
+
+
+def write_scores(path: Union[str, Path], result: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+    """``result`` as JSON at ``path``, with the ``protocol`` that :func:`check_scores_file` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "protocol": dict(protocol)}, indent=2) + "\n")
 
 
 def load_run(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Config, nn.Module]:
@@ -94,15 +150,18 @@ def load_saved_backbone(path: Union[str, Path]) -> nn.Module:
 
 
 def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
-    """The trained projection head of a pretraining run (``projection_head.safetensors``)."""
+    """The trained projection head of a pretraining run (``projection_head.safetensors``); a head without weights
+    (metric learning's, the identity) is built, as it is saved nowhere."""
     from safetensors.torch import load_model
 
     from sslsec.methods import build_projection_head
 
+    head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,
+                                 config.model.projection_dim)
+    if not head.state_dict():
+        return head
     path = RunPaths(run_dir).projection_head
     if not path.is_file():
         raise RunError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")
-    head = build_projection_head(config.method, feature_dim, config.model.projection_hidden_dim,
-                                 config.model.projection_dim)
     load_model(head, str(path))
     return head

@@ -8,9 +8,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from sslsec.cli import diagnose_main, linear_probe_main, pretrain_main, study_main
-from tests.fixtures import write_jpeg_folder, write_run
+from tests.fixtures import write_jpeg_folder, write_npz, write_run
 from tests.launch import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,57 @@ def test_random_init_after_the_run_writes_beside_it_not_over_it(run_dir):
                        f"output_dir={run_dir}"])  # the README's order: the main job, then its baseline
     assert (run_dir / "linear_probe.json").read_text() == trained
     assert "random init" in json.loads((run_dir / "random_init" / "linear_probe.json").read_text())["backbone"]
+
+
+def test_scores_of_other_settings_never_replace_a_scores_file_silently(run_dir, tmp_path, capsys):
+    from sslsec.cli import retrieval_main
+
+    linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=2"])  # the main job's probe
+    first = (run_dir / "linear_probe.json").read_text()
+    assert json.loads(first)["protocol"]["eval.probe_epochs"] == 2
+    other = ["--backbone", str(run_dir / "backbone.safetensors"), "--config", str(run_dir / "config.yaml"),
+             "eval.probe_epochs=3"]  # the same weights, by their file, probed another way: into the same folder
+    capsys.readouterr()
+    err = run_cli_expecting_error(linear_probe_main, other, capsys)
+    assert "linear_probe.json holds the scores of another protocol (eval.probe_epochs=2 -> 3)" in err
+    assert "--output-dir DIR to keep both, or --overwrite" in err
+    assert (run_dir / "linear_probe.json").read_text() == first
+    linear_probe_main([*other, "--output-dir", str(tmp_path / "other")])  # beside it
+    assert json.loads((tmp_path / "other" / "linear_probe.json").read_text())["epochs"] == 3
+    linear_probe_main([*other, "--overwrite"])
+    assert json.loads((run_dir / "linear_probe.json").read_text())["epochs"] == 3
+    linear_probe_main(["--run", str(run_dir), "eval.probe_epochs=3"])  # the same protocol: a rerun replaces it
+
+    capsys.readouterr()
+    retrieval_main(["--run", str(run_dir)])  # an SSL run saw every class: not "unseen classes"
+    assert "the test split holds the training classes (seen in pretraining)" in capsys.readouterr().out
+    scores = (run_dir / "retrieval.json").read_text()
+    err = run_cli_expecting_error(retrieval_main, ["--run", str(run_dir), "data.test_limit=16"], capsys)
+    assert "retrieval.json holds the scores of another protocol (data.test_limit=None -> 16)" in err
+    assert (run_dir / "retrieval.json").read_text() == scores
+    retrieval_main(["--run", str(run_dir), "data.test_limit=16", "--overwrite"])
+    assert json.loads((run_dir / "retrieval.json").read_text())["test"]["images"] == 16
+
+
+def test_pretrain_probe_scores_a_run_by_its_method_evaluation_as_the_study_does(tmp_path):
+    from sslsec.analysis.scoring import SCORERS, evaluation
+    from sslsec.cli import EVALUATIONS
+    from sslsec.methods import METHODS
+
+    assert {evaluation(name) for name in METHODS} <= set(EVALUATIONS) & set(SCORERS)  # each kind: both commands
+    write_npz(tmp_path / "data", channels=1, size=12, n_train=48, n_test=24, num_classes=4)
+    run = tmp_path / "run"  # no data.test_classes: the test split holds the training classes, still retrieval
+    pretrain_main(["--probe", "method=metric", "data.name=npz", f"data.root={tmp_path / 'data'}",
+                   "model.backbone=small_cnn", "model.embedding_dim=8", "metric.images_per_class=4",
+                   "trainer.batch_size=12", "trainer.epochs=1", "trainer.eval_every=0", "optim.name=adam",
+                   "trainer.mixed_precision=no", f"output_dir={run}"])
+    assert json.loads((run / "retrieval.json").read_text())["test"]["classes"] == 4
+    assert not (run / "linear_probe.json").exists()
+    assert not (run / "projection_head.safetensors").exists()  # metric learning has no head: no empty file
+    from sslsec.config import load_config as read_config
+    from sslsec.runs import load_projection_head
+
+    assert isinstance(load_projection_head(run, read_config(run / "config.yaml"), 8), torch.nn.Identity)
 
 
 def run_cli_expecting_error(main, argv, capsys):

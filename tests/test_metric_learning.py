@@ -119,9 +119,10 @@ def test_a_metric_run_monitors_retrieval_and_the_retrieval_command_scores_it(six
                             capture_output=True, text=True, timeout=300, env=cpu_env())
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads((run / "retrieval.json").read_text())
-    assert set(scores) == {"val", "test"} and scores["test"]["classes"] == 2 and scores["test"]["images"] == 12
+    assert set(scores) == {"val", "test", "protocol"}  # the protocol: what sslsec-retrieval checks before a rerun
+    assert scores["test"]["classes"] == 2 and scores["test"]["images"] == 12
     assert {"recall_at_1", "recall_at_8", "map_at_r", "r_precision", "nmi"} <= set(scores["test"])
-    assert "MAP@R" in result.stdout and "test" in result.stdout
+    assert "MAP@R" in result.stdout and "the test split holds classes never seen in training" in result.stdout
 
     random = subprocess.run([sys.executable, str(ROOT / "scripts" / "retrieval.py"), "--random-init", "--config",
                              str(run / "config.yaml")], capture_output=True, text=True, timeout=300,

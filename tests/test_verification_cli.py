@@ -50,11 +50,11 @@ def test_scores_of_another_protocol_are_not_replaced_silently(run_dir, tmp_path,
         verification_main([*settings, "eval.verification_flip=false"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "holds scores of another protocol (eval.verification_flip: True -> False)" in err
-    assert "--output FILE" in err and (run_dir / "verification.json").read_text() == second
-    verification_main([*settings, "eval.verification_flip=false", "--output", str(tmp_path / "noflip.json")])
-    assert not json.loads((tmp_path / "noflip.json").read_text())["protocol"]["eval.verification_flip"]
-    assert (tmp_path / "noflip_roc_test.png").is_file()
+    assert "the scores of another protocol (eval.verification_flip=True -> False)" in err
+    assert "--output-dir DIR" in err and (run_dir / "verification.json").read_text() == second
+    verification_main([*settings, "eval.verification_flip=false", "--output-dir", str(tmp_path / "noflip")])
+    assert not json.loads((tmp_path / "noflip" / "verification.json").read_text())["protocol"]["eval.verification_flip"]
+    assert (tmp_path / "noflip" / "verification_roc_test.png").is_file()
     verification_main([*settings, "eval.verification_flip=false", "--overwrite"])
     assert not json.loads((run_dir / "verification.json").read_text())["protocol"]["eval.verification_flip"]
 

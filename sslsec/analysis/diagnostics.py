@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -30,7 +29,7 @@ from sslsec.augment import MultiView
 from sslsec.data import BatchLoader, load_split
 from sslsec.eval.features import EvaluationError, check_compatible
 from sslsec.methods import build_augment
-from sslsec.runs import load_projection_head, load_run
+from sslsec.runs import RunPaths, check_scores_file, load_projection_head, load_run, scores_protocol, write_scores
 
 HISTOGRAMS = {"norms": "projection_norms.png", "cosines": "pair_cosines.png"}
 
@@ -143,14 +142,21 @@ def matplotlib_figure() -> Any:
 
 
 def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n: int = 1024,
-                 device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
+                 device: Optional[Union[str, torch.device]] = None, overwrite: bool = False) -> Dict[str, Any]:
     """Norm diagnostics of a pretraining run on its test split, through the run's own view recipe (the method's
     preset with its ``augment`` section); ``trainer.seed`` picks the images and the views. Writes the PNGs and
     ``diagnostics_seed{seed}.json`` into the run directory, each name with the seed (``projection_norms_seed1.png``),
-    so that diagnostics of other seeds sit beside them."""
+    so that diagnostics of other seeds sit beside them. A file of the seed that holds the diagnostics of other
+    settings (``n``, the data or view keys) is a :class:`~sslsec.runs.RunError` before the work, unless
+    ``overwrite``."""
     matplotlib_figure()  # fail before the work, not after it
     config, backbone = load_run(run_dir, overrides)
     seed = config.trainer.seed
+    suffix = f"_seed{seed}"
+    path, protocol = Path(run_dir) / f"diagnostics{suffix}.json", scores_protocol(config, RunPaths(run_dir).backbone,
+                                                                                  n=n)
+    if not overwrite:
+        check_scores_file(path, protocol, "pass another trainer.seed to keep both, or --overwrite to replace it")
     head = load_projection_head(run_dir, config, backbone.feature_dim)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, head = backbone.to(device), head.to(device)
@@ -159,9 +165,8 @@ def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n:
                                  num_workers=config.data.num_workers)
     result = {"method": config.method, "dataset": test.name, "sec_weight": config.loss.sec_weight,
               "seed": seed, **summarize(samples)}
-    suffix = f"_seed{seed}"
     paths = save_histograms(samples, run_dir, title=f"({config.method}, {test.name}, seed {seed})", suffix=suffix)
     result["histograms"] = [path.name for path in paths]
-    result["json"] = f"diagnostics{suffix}.json"
-    (Path(run_dir) / result["json"]).write_text(json.dumps(result, indent=2) + "\n")
+    result["json"] = path.name
+    write_scores(path, result, protocol)
     return result

@@ -28,9 +28,9 @@ from accelerate import PartialState
 
 from sslsec.analysis.choices import METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 from sslsec.analysis.diagnostics import matplotlib_figure
+from sslsec.analysis.scoring import evaluation
 from sslsec.analysis.study import StudyError, by_variant, mean_std, plot_curves, run_study, study_dir, weight_cell
 from sslsec.config import load_config
-from sslsec.methods import method_class
 
 DEFAULT_LOSSES, DEFAULT_VARIANTS, DEFAULT_WEIGHTS = METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 WEIGHT_KEYS = {"sec": "loss.sec_weight", "l2": "loss.norm_penalty_weight"}
@@ -101,9 +101,9 @@ def choose_weights(config_path: Optional[Union[str, Path]], loss_dir: Path, weig
 def _check_table(config_path: Optional[Union[str, Path]], base: Any, losses: Sequence[str], seeds: int,
                  weights: Mapping[str, Sequence[float]], overrides: Sequence[str]) -> None:
     """Refuse, before any work, a table that cannot be chosen on validation or names an unknown loss or weight."""
-    if method_class(base.method).evaluation != "retrieval":
+    if evaluation(base.method) != "retrieval":
         raise StudyError(f"the metric-learning table scores retrieval; method={base.method} is scored by "
-                         f"{method_class(base.method).evaluation}: use a method: metric config "
+                         f"{evaluation(base.method)}: use a method: metric config "
                          "(configs/dml_fmnist.yaml)")
     if base.data.val_size is None and base.data.val_classes is None:
         raise StudyError("the weights are chosen on validation MAP@R, but the config has no validation split: set "

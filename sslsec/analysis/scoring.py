@@ -91,6 +91,14 @@ SCORERS = {
 }
 
 
+def evaluation(method: str) -> str:
+    """How a run of ``method`` (a name of :data:`sslsec.methods.METHODS`) is scored: its
+    :attr:`~sslsec.methods.Method.evaluation` (``"linear_probe"``, ``"retrieval"``). The one rule the study
+    (:func:`scorer`) and the command line (``sslsec-pretrain --probe``) both follow: a new kind of evaluation is a
+    method's ``evaluation``, one :data:`SCORERS` entry and one entry of :data:`sslsec.cli.EVALUATIONS`."""
+    return method_class(method).evaluation
+
+
 def scorer(method: str) -> Scorer:
-    """The :class:`Scorer` of ``method`` (a name of :data:`sslsec.methods.METHODS`)."""
-    return SCORERS[method_class(method).evaluation]
+    """The :class:`Scorer` of ``method`` (a name of :data:`sslsec.methods.METHODS`), by :func:`evaluation`."""
+    return SCORERS[evaluation(method)]

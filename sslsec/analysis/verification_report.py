@@ -1,13 +1,14 @@
 """What ``sslsec-verification`` leaves behind: ``verification.json`` (one entry per verification set, beside the
 protocol that scored them), a ROC plot per set, and the table it prints.
 
-A ``verification.json`` records its protocol (the ``eval.verification_*`` keys, the data keys and the seed that
-drew the pairs); :func:`check_output` refuses to replace one of another protocol unless told to, so a
-rerun with ``eval.verification_flip=false`` cannot silently overwrite the flip-summed scores of a run::
+A ``verification.json`` records its protocol (:func:`sslsec.runs.scores_protocol`: the backbone, the ``eval``
+and data keys and the seed that drew the pairs), and :func:`sslsec.runs.check_scores_file` refuses to replace one
+of another protocol unless told to, as for every scores file, so a rerun with ``eval.verification_flip=false``
+cannot silently overwrite the flip-summed scores of a run::
 
-    result = score_verification(config, backbone)
-    check_output(path, verification_protocol(config))
-    write_verification(result, path, verification_protocol(config), label)
+    protocol = scores_protocol(config, backbone_path)
+    check_scores_file(path, protocol)
+    write_verification(score_verification(config, backbone), path, protocol, label)
 """
 
 from __future__ import annotations
@@ -18,40 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from sslsec.config import RESULT_FREE_KEYS, Config, config_keys
-from sslsec.eval.features import EvaluationError
 
-__all__ = ["check_output", "format_verification", "roc_plot_path", "save_roc_plot", "verification_protocol",
-           "write_verification"]
-
-PROTOCOL_KEYS = ("eval.verification_", "eval.center_crop", "data.", "trainer.seed")
-
-
-def verification_protocol(config: Config) -> Dict[str, Any]:
-    """The config keys that decide the scores of a backbone: the verification settings, the data (which splits,
-    sizes, crops) and ``trainer.seed`` (which pairs are drawn)."""
-    return {key: value for key, value in config_keys(config)
-            if key.startswith(PROTOCOL_KEYS) and key not in (*RESULT_FREE_KEYS, "data.download")}
-
-
-def check_output(path: Path, protocol: Mapping[str, Any], overwrite: bool = False) -> None:
-    """Refuse (:class:`EvaluationError`, one line) to replace ``path`` if it holds the scores of another protocol,
-    unless ``overwrite``; the same protocol gives the same scores of a backbone, so those are replaced."""
-    if overwrite or not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text())
-        saved_protocol = dict(saved["protocol"])
-    except (ValueError, KeyError, TypeError):
-        raise EvaluationError(f"{path} exists and is not a verification.json of sslsec-verification; give "
-                              "--output FILE to write elsewhere, or --overwrite to replace it") from None
-    changed = [f"{key}: {saved_protocol.get(key)!r} -> {value!r}" for key, value in protocol.items()
-               if saved_protocol.get(key) != value]
-    if changed:
-        raise EvaluationError(f"{path} holds scores of another protocol ({'; '.join(changed[:3])}"
-                              f"{' ...' if len(changed) > 3 else ''}); give --output FILE to keep both, or "
-                              "--overwrite to replace it")
-
+__all__ = ["format_verification", "roc_plot_path", "save_roc_plot", "write_verification"]
 
 def write_verification(result: Mapping[str, Mapping[str, Any]], path: Path, protocol: Mapping[str, Any],
                        backbone: str, extra: Optional[Mapping[str, Any]] = None) -> List[Path]:

@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision.datasets import ImageFolder
+
+from sslsec.data.folders import FOLDER_READERS
+from sslsec.errors import DatasetError
+from sslsec.errors import some as _some
 
 __all__ = ["DATASET_NAMES", "CorruptImageError", "DatasetError", "ImageArrays", "ImageFolderDataset", "load_dataset",
            "select_classes", "stratified_first"]
@@ -47,10 +52,6 @@ STATS = {  # per-channel mean and std of the training images, in [0, 1] units
 }
 _JPEG_SUFFIXES = (".jpeg", ".jpg")
 _LAYOUT = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
-
-
-class DatasetError(ValueError):
-    """A data set is missing or malformed; the message names the path and how to get or fix the data."""
 
 
 class CorruptImageError(DatasetError):
@@ -319,10 +320,6 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
 
 
-def _some(names: list[str]) -> str:
-    return f"{names[:5]}{' ...' if len(names) > 5 else ''}"
-
-
 @contextlib.contextmanager
 def _torchvision_io() -> Iterator[None]:
     """Silence the DeprecationWarning torchvision 0.29 raises on every call of its image codecs."""
@@ -370,9 +367,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
             raise DatasetError("imagenet_folder needs root: the folder holding train/<class>/*.JPEG and val/")
         dataset = ImageFolderDataset(root, split, image_size or 224, class_list)
     elif name in _LISTED_FOLDERS:
-        from sslsec.data.folders import FOLDER_READERS  # here: that module builds on ImageFolderDataset
-
-        dataset = FOLDER_READERS[name](root, split, image_size or 256)
+        samples, classes, base = FOLDER_READERS[name](root)
+        dataset = ImageFolderDataset.from_samples(samples, classes, root=base, split=split,
+                                                  image_size=image_size or 256, name=name)
     else:
         dataset = _IN_MEMORY_LOADERS[name](name, root, split, download)
         if image_size is not None and image_size != dataset.image_size:
@@ -386,18 +383,35 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 
 
 def _load_cifar(name: str, root, split: str, download: bool) -> ImageArrays:
-    """CIFAR-10/100 through torchvision's own reader (pickled batches in ``root/cifar-10-batches-py``)."""
+    """CIFAR-10/100 through torchvision's own reader (pickled batches in ``root/cifar-10-batches-py``). A download
+    that fails leaves nothing behind: the folders it made and its partial archive are removed."""
+    from urllib.error import URLError
+
     from torchvision.datasets import CIFAR10, CIFAR100
 
     reader = CIFAR10 if name == "cifar10" else CIFAR100
     root = Path(root if root is not None else f"data/{name}")
+    made = next((folder for folder in [*reversed(root.parents), root] if not folder.exists()), None)
+    archive = root / reader.filename
+    had_archive = archive.exists()
     try:
         data = reader(str(root), train=split == "train", download=download)
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise DatasetError(
-            f"cannot read {name} from {root / reader.base_folder} ({type(err).__name__}: {err}). Download it with "
-            f"data.download=true (load_dataset(..., download=True)) or set data.root to the folder that holds "
-            f"{reader.base_folder}/") from None
+        if download and isinstance(err, (URLError, ConnectionError, TimeoutError)):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            elif not had_archive:
+                archive.unlink(missing_ok=True)
+            raise DatasetError(
+                f"cannot download {name} ({type(err).__name__}: {err}): no network? On a machine with one, fetch "
+                f"{reader.url} and extract it into {root} (it holds {reader.base_folder}/), then run with "
+                "data.download=false") from None
+        fix = (f"delete {root / reader.base_folder} to download it again, or set data.root to the folder that holds "
+               f"a good {reader.base_folder}/" if download else
+               "download it with data.download=true (load_dataset(..., download=True)) or set data.root to the folder "
+               f"that holds {reader.base_folder}/")
+        raise DatasetError(f"cannot read {name} from {root / reader.base_folder} ({type(err).__name__}: {err}). "
+                           f"{fix[0].upper()}{fix[1:]}") from None
     images = torch.from_numpy(np.ascontiguousarray(data.data)).permute(0, 3, 1, 2)
     mean, std = STATS[name]
     return ImageArrays(images, torch.tensor(data.targets), list(data.classes), mean, std, name)
@@ -494,5 +508,5 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
-_LISTED_FOLDERS = ("cub200", "cars196")  # JPEG sets that list their files (sslsec.data.folders), for metric learning
+_LISTED_FOLDERS = tuple(FOLDER_READERS)  # JPEG sets that list their files (sslsec.data.folders), for metric learning
 DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS)  # the one list of names (config reads it)

@@ -3,8 +3,9 @@
 Metric learning splits these by class, not by the official train/test file lists (CUB-200: classes 1-100 train,
 101-200 test; Cars196: 1-98 / 99-196, chosen with ``data.train_classes`` / ``data.test_classes``), so both splits
 ``"train"`` and ``"test"`` hold every image: CUB 11 788 images of 200 classes, Cars 16 185 of 196. Each reader
-returns an :class:`~sslsec.data.datasets.ImageFolderDataset` (JPEG paths and labels, decoded batch by batch to
-``image_size`` px squares). Nothing is downloaded: the errors say where to get the files.
+lists the JPEG files, their labels and the class names; :func:`~sslsec.data.datasets.load_dataset` makes them an
+``ImageFolderDataset`` (decoded batch by batch to ``image_size`` px squares), so this module does not import that
+one. Nothing is downloaded: the errors say where to get the files.
 
 Example::
 
@@ -16,12 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import List, Tuple
 
 from scipy.io.matlab import MatReadError
 
-from sslsec.data.datasets import DatasetError, ImageFolderDataset, _some
+from sslsec.errors import DatasetError
+from sslsec.errors import some as _some
 
-__all__ = ["CARS196_LAYOUT", "CUB200_LAYOUT", "FOLDER_READERS", "load_cars196", "load_cub200"]
+__all__ = ["CARS196_LAYOUT", "CUB200_LAYOUT", "FOLDER_READERS", "Listing", "list_cars196", "list_cub200"]
+
+# (samples: (JPEG path, label) pairs, labels indexing classes; class names; the data set's folder)
+Listing = Tuple[List[Tuple[str, int]], List[str], Path]
 
 CUB200_LAYOUT = ("CUB_200_2011/ holding classes.txt, images.txt, image_class_labels.txt and "
                  "images/<001.Black_footed_Albatross>/*.jpg")
@@ -35,7 +41,7 @@ CARS196_SOURCE = ("the official download is gone: get the images and the devkit 
                   "or to stanford_cars/ itself)")
 
 
-def load_cub200(root: str | os.PathLike, split: str = "train", image_size: int = 256) -> ImageFolderDataset:
+def list_cub200(root: str | os.PathLike) -> Listing:
     """CUB-200-2011 as distributed: all 11 788 images, labels 0-199 in ``classes.txt`` order (either split)."""
     base = _base_folder(root, "CUB_200_2011", "images.txt", "cub200", CUB200_LAYOUT, CUB200_SOURCE)
     class_lines = _numbered_lines(base / "classes.txt")
@@ -49,11 +55,10 @@ def load_cub200(root: str | os.PathLike, split: str = "train", image_size: int =
                                f"classes.txt (got {class_of_image.get(image_id)!r}); re-extract CUB_200_2011.tgz")
         samples.append((str(base / "images" / relative), label_of_class[class_of_image[image_id]]))
     _check_files(samples, str(base / "images.txt"), CUB200_SOURCE)
-    return ImageFolderDataset.from_samples(samples, classes, root=base, split=split, image_size=image_size,
-                                           name="cub200")
+    return samples, classes, base
 
 
-def load_cars196(root: str | os.PathLike, split: str = "train", image_size: int = 256) -> ImageFolderDataset:
+def list_cars196(root: str | os.PathLike) -> Listing:
     """Stanford Cars in torchvision's layout: all 16 185 images of its train and test halves, labels 0-195 in
     ``cars_meta.mat`` order (either split). torchvision's ``StanfordCars`` reads the ``.mat`` annotations."""
     from torchvision.datasets import StanfordCars
@@ -78,8 +83,7 @@ def load_cars196(root: str | os.PathLike, split: str = "train", image_size: int 
         raise DatasetError(f"cars196: class numbers {_some([b + 1 for b in bad])} in the annotations under {base} are "
                            f"not among the {len(classes)} classes of devkit/cars_meta.mat")
     _check_files(samples, f"the annotations under {base}", CARS196_SOURCE)
-    return ImageFolderDataset.from_samples(samples, classes, root=base, split=split, image_size=image_size,
-                                           name="cars196")
+    return samples, classes, base
 
 
 def _base_folder(root: str | os.PathLike | None, folder: str, marker: str, name: str, layout: str,
@@ -118,4 +122,4 @@ def _check_files(samples: list[tuple[str, int]], listed_in: str, source: str) ->
                            f"{_some(missing)}; {source}")
 
 
-FOLDER_READERS = {"cub200": load_cub200, "cars196": load_cars196}  # name -> reader(root, split, image_size)
+FOLDER_READERS = {"cub200": list_cub200, "cars196": list_cars196}  # name -> reader(root) -> Listing

@@ -227,8 +227,7 @@ def pretrain(config: Config) -> Path:
         accelerator.load_state(str(resume_from))
         if accelerator.is_main_process:
             truncate_metrics(paths.metrics, progress.step)  # the steps after the checkpoint are logged again
-        accelerator.print(f"resumed from {resume_from} at step {progress.step}, in epoch {progress.epoch + 1} of "
-                          f"{config.trainer.epochs}")  # 1-based, as the rows of metrics.jsonl
+        accelerator.print(_resumed_message(config, resume_from, progress))
         if progress.processes != accelerator.num_processes:
             if accelerator.is_main_process:
                 warnings.warn(f"this run was checkpointed by {progress.processes} process(es) and resumes with "
@@ -236,6 +235,11 @@ def pretrain(config: Config) -> Path:
                               "but each rank draws its own views, so it will not be bit-identical to an uninterrupted "
                               f"run; launch {progress.processes} process(es) for that", stacklevel=2)
             progress.processes = accelerator.num_processes  # what the next checkpoint records
+    if resume_from is not None and _at_max_steps(config, progress):
+        accelerator.print(f"trainer.max_steps={config.trainer.max_steps} is already reached (step {progress.step}); "
+                          f"nothing was trained. To finish the run: "
+                          f"{resume_command(config, changes={'trainer.max_steps': None})}")
+        return output_dir
     accelerator.init_trackers("sslsec", config={"method": config.method, "sec_weight": config.loss.sec_weight,
                                                 "mixed_precision": accelerator.mixed_precision})
     log = MetricsLog(accelerator, paths.metrics, seconds_before=progress.seconds, step=progress.step)
@@ -247,7 +251,7 @@ def pretrain(config: Config) -> Path:
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     try:
         core = accelerator.unwrap_model(model)
-        core.criterion.check_finite = False  # the watch checks the loss instead, without a sync per step
+        core.defer_finite_checks()  # the watch checks the loss instead, without a sync per step
 
         while progress.epoch < config.trainer.epochs:
             loader.set_epoch(progress.epoch, start_batch=progress.batch)  # mid-epoch after a resume
@@ -273,7 +277,7 @@ def pretrain(config: Config) -> Path:
                     every = config.trainer.checkpoint_every_steps
                     if every and progress.step % every == 0 and progress.batch < steps_per_epoch * accumulation:
                         _checked_save(watch, checkpoints, progress, log, steps_per_epoch)  # epoch ends: below
-                    limit = config.trainer.max_steps and progress.step >= config.trainer.max_steps
+                    limit = _at_max_steps(config, progress)
                     if limit or stop.requested(progress.step, config.trainer.log_every):
                         _flush(log, progress, scheduler, config, core, watch)
                         saved = _checked_save(watch, checkpoints, progress, log, steps_per_epoch)
@@ -306,7 +310,21 @@ def _flush(log: MetricsLog, progress: Progress, scheduler, config: Config, core:
     the steps the loss scaler skipped so far."""
     skipped = {} if watch.accelerator.scaler is None else {"skipped_steps": watch.skipped_steps}
     return log.flush(progress.step, progress.epoch + 1, lr=scheduler.get_last_lr()[0],
-                     sec_weight=config.loss.sec_weight * core.criterion.weight_scale, **skipped)
+                     sec_weight=config.loss.sec_weight * core.sec_weight_scale, **skipped)
+
+
+def _at_max_steps(config: Config, progress: Progress) -> bool:
+    """The run has taken ``trainer.max_steps`` optimizer steps (or more) and must train no further step."""
+    return config.trainer.max_steps is not None and progress.step >= config.trainer.max_steps
+
+
+def _resumed_message(config: Config, resume_from: Path, progress: Progress) -> str:
+    """Where a resumed run stands: its epoch (1-based, as the rows of metrics.jsonl), or that it is finished."""
+    epochs = config.trainer.epochs
+    if progress.epoch >= epochs:
+        return (f"resumed from {resume_from} at step {progress.step}: the run is finished (all {epochs} epochs "
+                "trained); nothing to train, its final weights are written again")
+    return f"resumed from {resume_from} at step {progress.step}, in epoch {progress.epoch + 1} of {epochs}"
 
 
 def _stop_message(config: Config, accelerator, progress: Progress, saved: Path, signal_name: Optional[str]) -> str:
@@ -402,6 +420,7 @@ def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> Non
         spec = type(core).backbone_spec(config, in_channels)
         paths = RunPaths(output_dir)
         save_backbone(core.backbone, paths.backbone, spec)
-        save_module(core.head, paths.projection_head)
+        if core.head.state_dict():  # metric learning's NoHead has no weights: no empty file
+            save_module(core.head, paths.projection_head)
         accelerator.print(f"wrote {paths.backbone}")
     accelerator.wait_for_everyone()

@@ -10,7 +10,7 @@ into data-set order on every process::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from sslsec.augment import EvalTransform
 from sslsec.data import BatchLoader
+
+if TYPE_CHECKING:
+    from sslsec.config import Config
 
 Features = Tuple[Tensor, Tensor]  # features float32 (N, F), labels int64 (N,), both on CPU
 
@@ -106,6 +109,13 @@ def eval_transform(dataset: Any, crop_size: Optional[int] = None) -> EvalTransfo
     return EvalTransform(crop_size, dataset.mean, dataset.std, resize=dataset.image_size)
 
 
+def eval_crop_size(config: Config) -> Optional[int]:
+    """The view size evaluation scores at: ``data.crop_size``, or None (whole images) if not ``eval.center_crop``.
+    Here, beside :func:`eval_transform`, so that the methods' monitors and the protocol read it from one place below
+    both."""
+    return config.data.crop_size if config.eval.center_crop else None
+
+
 def _embed(backbone: nn.Module, transform: nn.Module, images: Tensor, seed: Optional[int],
            accelerator: Optional[Accelerator]) -> Tensor:
     """float32 features ``(B, F)`` of one uint8 batch; a rank's empty share of the last batch gives ``(0, F)``."""
@@ -124,11 +134,11 @@ def _placement(backbone: nn.Module, accelerator: Optional[Accelerator]) -> Tuple
 
 
 def _gather_shards(accelerator: Accelerator, shard: Tensor) -> Tensor:
-    """Concatenate every process's ``shard`` (uneven lengths allowed) in rank order."""
-    sizes = accelerator.gather(torch.tensor([len(shard)], device=shard.device)).tolist()
-    padded = accelerator.gather(accelerator.pad_across_processes(shard.contiguous(), dim=0))
-    per_rank = padded.reshape(len(sizes), -1, *shard.shape[1:])
-    return torch.cat([per_rank[rank, :size] for rank, size in enumerate(sizes)])
+    """Every process's ``shard`` of one batch, concatenated in rank order on the CPU: the batch in data-set order,
+    since the loader cuts each global batch into contiguous rank shards. accelerate's ``gather_for_metrics`` of the
+    objects, because the shards of the last batch differ in length (even empty); the loader is not accelerate's, so
+    it drops nothing."""
+    return torch.cat(accelerator.gather_for_metrics([shard.cpu()], use_gather_object=True))
 
 
 def derive_seed(*numbers: int) -> int:

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from sslsec.data import DatasetError, load_splits
-from sslsec.eval.features import EvaluationError, device_of, extract_features, extractor
+from sslsec.eval.features import EvaluationError, device_of, eval_crop_size, extract_features, extractor
 from sslsec.eval.knn import knn_on_features
 from sslsec.eval.linear import linear_probe
 from sslsec.eval.retrieval import retrieval_metrics
@@ -132,11 +132,6 @@ def _verification_set(path: str, train: Any, test: Any, n_folds: int) -> Any:
         raise EvaluationError(f"verification set {path} defines {pairs.folds} folds, but eval.verification_folds="
                               f"{n_folds}; set eval.verification_folds={pairs.folds} to score it by its own folds")
     return pairs
-
-
-def eval_crop_size(config: Config) -> Optional[int]:
-    """The view size evaluation scores at: ``data.crop_size``, or None (whole images) if not ``eval.center_crop``."""
-    return config.data.crop_size if config.eval.center_crop else None
 
 
 def random_backbone(config: Config, in_channels: int) -> nn.Module:

@@ -10,12 +10,15 @@ Every image queries all the other images of the set by the cosine similarity of 
 - R-precision and MAP@R (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020), with R_q the number of other
   images of query q's class and rel_q(i) = 1 when its i-th nearest image shares its label:
   ``RP_q = (1 / R_q) sum_{i <= R_q} rel_q(i)`` and ``MAP@R_q = (1 / R_q) sum_{i <= R_q} rel_q(i) P_q(i)``, where
-  ``P_q(i)`` is the precision among the i nearest. Both are averaged over queries, as pytorch-metric-learning's
-  ``AccuracyCalculator`` does (``r_precision``, ``mean_average_precision_at_r``; ``precision_at_1`` is Recall@1).
+  ``P_q(i)`` is the precision among the i nearest, averaged over queries.
 - NMI: normalized mutual information (arithmetic normalization, ``2 I / (H_labels + H_clusters)``) between the labels
   and k-means clusters of the normalized embeddings, k = the number of classes.
 
-Lone queries, whose class has no other image, cannot retrieve anything: like ``AccuracyCalculator`` they are left
+Recall@1, R-precision, MAP@R and NMI are pytorch-metric-learning's ``AccuracyCalculator`` (``precision_at_1``,
+``r_precision``, ``mean_average_precision_at_r``, ``NMI``; cosine kNN, k-means of scikit-learn seeded here); only
+Recall@K for K > 1, which it does not compute, is counted here, from the same kind of kNN.
+
+Lone queries, whose class has no other image, cannot retrieve anything: as ``AccuracyCalculator`` does, they are left
 out of every retrieval metric (Recall@K included), and they still count in NMI. Ties between equal similarities are
 ranked by ``torch.topk``, whose order among equal values is unspecified; with continuous embeddings they do not
 occur, but duplicated embeddings of different classes make the retrieval metrics depend on that order.
@@ -50,6 +53,10 @@ def retrieval_metrics(embeddings: Tensor, labels: Tensor, *, ks: Sequence[int] =
         ``{"recall_at_<K>": ..., "r_precision": ..., "map_at_r": ..., "nmi": ...}``, floats in [0, 100], the
         retrieval metrics averaged over the queries that are not lone (see the module docstring).
     """
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
     check_retrieval_inputs(embeddings, labels, ks, batch_size)
     normalized = F.normalize(embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16)
                              else embeddings, dim=1)
@@ -58,19 +65,29 @@ def retrieval_metrics(embeddings: Tensor, labels: Tensor, *, ks: Sequence[int] =
     if int(others.max()) == 0:
         raise ValueError(f"every one of the {len(labels)} labels is unique, so no query has an image of its class to "
                          "retrieve; retrieval needs at least one class with two or more images")
-    num_neighbours = min(len(labels) - 1, max(max(ks), int(others.max())))
-    sums = torch.zeros(len(ks) + 2, dtype=torch.float64, device=normalized.device)
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r", *(("NMI",) if nmi else ())),
+        k="max_bin_count", device=normalized.device, knn_func=CustomKNN(CosineSimilarity(), batch_size=batch_size),
+        kmeans_func=lambda points, num_clusters: kmeans_clusters(points, num_clusters, seed))
+    theirs = calculator.get_accuracy(normalized, labels)  # the query set is the reference: each image vs the others
+    scores = {f"recall_at_{k}": 100.0 * (theirs["precision_at_1"] if k == 1 else recall)
+              for k, recall in zip(ks, recall_at_k(normalized, labels, others, ks, batch_size))}
+    scores.update(r_precision=100.0 * theirs["r_precision"], map_at_r=100.0 * theirs["mean_average_precision_at_r"])
+    if nmi:
+        scores["nmi"] = 100.0 * theirs["NMI"]
+    return scores
+
+
+def recall_at_k(normalized: Tensor, labels: Tensor, others: Tensor, ks: Sequence[int], batch_size: int) -> list:
+    """Recall@K (fractions) for each K of ``ks`` over the queries with ``others`` > 0: the share of them with an image
+    of their class among their K most similar other images. ``normalized``: (N, D) unit rows."""
+    num_neighbours = min(len(labels) - 1, max(ks))
+    sums = torch.zeros(len(ks), dtype=torch.float64, device=normalized.device)
     for start in range(0, len(labels), batch_size):
         stop = min(start + batch_size, len(labels))
-        hits = neighbour_hits(normalized, labels, start, stop, num_neighbours)
-        keep = others[start:stop] > 0
-        sums += query_scores(hits[keep], others[start:stop][keep], ks).sum(dim=0)
-    values = (100.0 * sums / int((others > 0).sum())).tolist()
-    scores = {f"recall_at_{k}": value for k, value in zip(ks, values)}
-    scores.update(r_precision=values[-2], map_at_r=values[-1])
-    if nmi:
-        scores["nmi"] = 100.0 * normalized_mutual_information(normalized, labels, seed)
-    return scores
+        hits = neighbour_hits(normalized, labels, start, stop, num_neighbours)[others[start:stop] > 0]
+        sums += torch.stack([hits[:, :k].any(dim=1).double().sum() for k in ks])
+    return (sums / int((others > 0).sum())).tolist()
 
 
 def check_retrieval_inputs(embeddings: Tensor, labels: Tensor, ks: Sequence[int], batch_size: int) -> None:
@@ -116,31 +133,6 @@ def neighbour_hits(normalized: Tensor, labels: Tensor, start: int, stop: int, k:
     similarity[rows, rows + start] = float("-inf")
     nearest = similarity.topk(k, dim=1).indices
     return labels[nearest] == labels[start:stop, None]
-
-
-def query_scores(hits: Tensor, others: Tensor, ks: Sequence[int]) -> Tensor:
-    """(B, len(ks) + 2) float64 per query: a hit at each K (0 or 1), R-precision and MAP@R, as fractions.
-
-    Args:
-        hits: (B, k) bool from :func:`neighbour_hits`, with k >= max(others) and k >= max(ks) or k = N - 1.
-        others: (B,) R of each query, all >= 1.
-    """
-    columns = [hits[:, :k].any(dim=1).double() for k in ks]
-    within_r = torch.arange(hits.shape[1], device=hits.device) < others[:, None]
-    relevant = (hits & within_r).double()
-    rank = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
-    precision_at_rank = relevant.cumsum(dim=1) / rank
-    columns.append(relevant.sum(dim=1) / others)
-    columns.append((precision_at_rank * relevant).sum(dim=1) / others)
-    return torch.stack(columns, dim=1)
-
-
-def normalized_mutual_information(normalized: Tensor, labels: Tensor, seed: int) -> float:
-    """NMI (a fraction) between ``labels`` and k-means clusters of the (N, D) rows, k = the number of classes."""
-    from sklearn.metrics import normalized_mutual_info_score
-
-    clusters = kmeans_clusters(normalized, len(torch.unique(labels)), seed)
-    return float(normalized_mutual_info_score(labels.cpu().numpy(), clusters.numpy()))
 
 
 def kmeans_clusters(points: Tensor, num_clusters: int, seed: int) -> Tensor:

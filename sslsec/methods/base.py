@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from sslsec.augment import ContrastiveAugment
 from sslsec.losses import SECLossOutput, WithSEC, contrastive_loss, scheduled_weight
 from sslsec.eval.knn import knn_accuracy
-from sslsec.eval.protocol import eval_crop_size
+from sslsec.eval.features import eval_crop_size
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
@@ -52,6 +52,17 @@ class Method(nn.Module):
 
     def forward(self, view0: Tensor, view1: Tensor, labels: Optional[Tensor] = None) -> SECLossOutput:
         raise NotImplementedError
+
+    @property
+    def sec_weight_scale(self) -> float:
+        """The SEC schedule's factor in force (set by :meth:`before_step`): this step's weight is ``loss.sec_weight``
+        times it."""
+        return self.criterion.weight_scale
+
+    def defer_finite_checks(self) -> None:
+        """Leave the NaN/Inf check of the embeddings to the caller, which checks the loss instead (the trainer's
+        ``NonFiniteWatch``, without reading a value back from the device at every step)."""
+        self.criterion.check_finite = False
 
     def networks(self) -> List[nn.Module]:
         """The networks a step runs through: the backbone and the head (what :meth:`compile_networks` compiles)."""
@@ -98,18 +109,27 @@ class Method(nn.Module):
         return {}
 
     @classmethod
+    def base_loss(cls, config: Config, distributed: bool = False,
+                  num_classes: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+        """The loss that SEC wraps (:class:`WithSEC`), and the constructor arguments that come with it (a miner):
+        here the contrastive loss of ``loss.contrastive`` with the method's queue, and none."""
+        loss = config.loss
+        return contrastive_loss(loss.contrastive, loss.temperature, cls.memory_bank_size(config),
+                                gather_distributed=distributed), {}
+
+    @classmethod
     def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
                     num_classes: Optional[int] = None) -> Method:
-        """The method that ``config`` describes, for images of ``in_channels`` (``num_classes``: unused here)."""
+        """The method that ``config`` describes, for images of ``in_channels`` and ``num_classes`` training classes
+        (for :meth:`base_loss`): backbone, :attr:`projection_head`, ``WithSEC(base_loss)`` and :meth:`options`."""
         backbone = cls.initial_backbone(config, in_channels)
         head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
                                    output_dim=config.model.projection_dim)
         loss = config.loss
-        contrastive = contrastive_loss(loss.contrastive, loss.temperature, cls.memory_bank_size(config),
-                                       gather_distributed=distributed)
-        criterion = WithSEC(contrastive, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
+        base, arguments = cls.base_loss(config, distributed, num_classes)
+        criterion = WithSEC(base, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
                             norm_penalty_weight=loss.norm_penalty_weight)
-        model = cls(backbone, head, criterion, sec_schedule=loss.sec_schedule, **cls.options(config))
+        model = cls(backbone, head, criterion, sec_schedule=loss.sec_schedule, **arguments, **cls.options(config))
         if distributed and cls.sync_batchnorm(config):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from sslsec.augment import MetricAugment
 from sslsec.eval.features import extract_features
-from sslsec.eval.protocol import eval_crop_size
+from sslsec.eval.features import eval_crop_size
 from sslsec.eval.retrieval import retrieval_metrics
 from sslsec.losses import SECLossOutput, WithSEC
 from sslsec.methods.base import Method

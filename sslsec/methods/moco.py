@@ -4,7 +4,6 @@ facebookresearch/moco's ``builder.py``: a query encoder, its momentum copy, and 
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
@@ -137,14 +136,6 @@ class MoCo(Method):
         moco = config.moco
         return {"momentum": moco.momentum, "cosine_momentum": moco.cosine_momentum,
                 "shuffle_bn": moco.batch_norm == "shuffle"}
-
-    @classmethod
-    def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
-                    num_classes: Optional[int] = None) -> Method:
-        if not distributed and config.moco.batch_norm == "shuffle":
-            warnings.warn("moco.batch_norm=shuffle has no effect in a single process (there is no other process "
-                          "to shuffle the keys with); set moco.batch_norm=none to silence this", stacklevel=2)
-        return super().from_config(config, in_channels, distributed, num_classes)
 
     @classmethod
     def sync_batchnorm(cls, config: Config) -> bool:

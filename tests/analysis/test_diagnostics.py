@@ -52,3 +52,13 @@ def test_diagnose_cli_writes_histograms_and_json(run_dir, capsys):
     assert all((run_dir / name).is_file() for name in reseeded["histograms"])
     # seed 1 wrote beside seed 0, not over it
     assert {name: (run_dir / name).read_bytes() for name in seed0} == seed0
+
+    # other settings of the same seed never replace its diagnostics silently; --overwrite does
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose_main(["--run", str(run_dir), "--n", "32"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "diagnostics_seed0.json holds the scores of another protocol (n=64 -> 32)" in err
+    assert "--overwrite" in err and {name: (run_dir / name).read_bytes() for name in seed0} == seed0
+    diagnose_main(["--run", str(run_dir), "--n", "32", "--overwrite"])
+    assert json.loads((run_dir / "diagnostics_seed0.json").read_text())["n_images"] == 32

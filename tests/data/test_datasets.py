@@ -33,6 +33,26 @@ def test_missing_cifar_says_how_to_download(tmp_path):
     assert "nowhere" in str(error.value)
 
 
+def test_a_cifar_download_without_a_network_says_so_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(DatasetError) as error:
+        load_dataset("cifar10", tmp_path / "data" / "cifar10", download=True)
+    message = str(error.value)
+    assert "cannot download cifar10" in message and "no network?" in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message and "data.download=false" in message
+    assert "data.download=true" not in message  # it was already set
+    assert list(tmp_path.iterdir()) == []  # the folders the download made are gone
+    (tmp_path / "mine").mkdir()  # a folder of the user's is kept, empty as it was
+    with pytest.raises(DatasetError, match="cannot download cifar100"):
+        load_dataset("cifar100", tmp_path / "mine", download=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
 def test_malformed_cifar_pickle_gives_one_clear_error(tmp_path, monkeypatch):
     write_cifar(tmp_path, "cifar10")
     (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")

@@ -163,6 +163,38 @@ def test_a_run_shorter_than_log_every_logs_its_loss_once_per_epoch(npz_root, tmp
     assert math.isfinite(steps[0]["total"]) and steps[0]["images_per_s"] > 0
 
 
+def test_a_resume_stops_exactly_at_max_steps_and_the_suggested_command_finishes_the_run(npz_root, tmp_path, capsys):
+    from sslsec.cli import pretrain_main
+    from sslsec.runs import RunError, finished_run
+
+    run_dir = tmp_path / "run"
+    args = _overrides(npz_root, run_dir, "trainer.batch_size=16", "data.train_limit=80", "trainer.eval_every=0")
+    latest = lambda: (run_dir / "checkpoints" / "latest").read_text().strip()  # noqa: E731
+    pretrain(load_config(None, [*args, "trainer.max_steps=2"]))
+    assert latest() == "step_00000002"
+
+    capsys.readouterr()
+    pretrain(load_config(None, [*args, "trainer.max_steps=2", "resume=true"]))  # already there: not one more step
+    out = capsys.readouterr().out
+    assert "trainer.max_steps=2 is already reached (step 2); nothing was trained" in out
+    assert latest() == "step_00000002" and max(row["step"] for row in _metrics(run_dir)[0]) == 2
+    pretrain(load_config(None, [*args, "trainer.max_steps=4", "resume=true"]))  # 5 steps an epoch: mid-epoch
+    assert latest() == "step_00000004" and max(row["step"] for row in _metrics(run_dir)[0]) == 4
+
+    with pytest.raises(RunError) as error:  # what the probe says of the unfinished run; config.yaml has max_steps=2
+        finished_run(run_dir)
+    command = shlex.split(str(error.value).split("finish the run with: ")[1])
+    assert command[-2:] == ["trainer.max_steps=null", "resume=auto"]
+    pretrain_main(command[1:])
+    assert (run_dir / "backbone.safetensors").is_file() and latest() == "step_00000010"
+
+    capsys.readouterr()
+    pretrain(load_config(None, [*args, "resume=true"]))  # a finished run: said so, not "epoch 3 of 2"
+    out = capsys.readouterr().out
+    assert "at step 10: the run is finished (all 2 epochs trained)" in out and "epoch 3" not in out
+    assert latest() == "step_00000010"
+
+
 def test_a_stop_logs_its_partial_interval_and_prints_the_command_that_resumes_it(npz_root, tmp_path, capsys):
     from sslsec.cli import pretrain_main
 
