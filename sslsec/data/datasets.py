@@ -372,7 +372,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     elif name in _LISTED_FOLDERS:
         from sslsec.data.folders import FOLDER_READERS  # here: that module builds on ImageFolderDataset
 
-        dataset = FOLDER_READERS[name](root, split, image_size or 256)
+        dataset = FOLDER_READERS[name](root, split, image_size or (112 if name == "face_folder" else 256))
     else:
         dataset = _IN_MEMORY_LOADERS[name](name, root, split, download)
         if image_size is not None and image_size != dataset.image_size:
@@ -494,5 +494,5 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
-_LISTED_FOLDERS = ("cub200", "cars196")  # JPEG sets that list their files (sslsec.data.folders), for metric learning
+_LISTED_FOLDERS = ("cub200", "cars196", "face_folder")  # JPEG sets of sslsec.data.folders, for metric learning
 DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS)  # the one list of names (config reads it)

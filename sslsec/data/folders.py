@@ -1,10 +1,16 @@
-"""Metric-learning image sets that list their own JPEG files: CUB-200-2011 (``cub200``) and Stanford Cars (``cars196``).
+"""Metric-learning image sets that list their own JPEG files: CUB-200-2011 (``cub200``) and Stanford Cars (``cars196``);
+and face identities in folders (``face_folder``).
 
 Metric learning splits these by class, not by the official train/test file lists (CUB-200: classes 1-100 train,
 101-200 test; Cars196: 1-98 / 99-196, chosen with ``data.train_classes`` / ``data.test_classes``), so both splits
 ``"train"`` and ``"test"`` hold every image: CUB 11 788 images of 200 classes, Cars 16 185 of 196. Each reader
 returns an :class:`~sslsec.data.datasets.ImageFolderDataset` (JPEG paths and labels, decoded batch by batch to
 ``image_size`` px squares). Nothing is downloaded: the errors say where to get the files.
+
+``face_folder`` is aligned face crops (insightface's 112 x 112) in one folder per identity:
+``root/train/<identity>/*.jpg`` for training and ``root/test/<identity>/*.jpg`` for identities never trained on
+(verification pairs are drawn among them); each split lists its own identities, relabelled from 0, and no
+identity may be in both.
 
 Example::
 
@@ -19,9 +25,10 @@ from pathlib import Path
 
 from scipy.io.matlab import MatReadError
 
-from sslsec.data.datasets import DatasetError, ImageFolderDataset, _some
+from sslsec.data.datasets import DatasetError, ImageFolderDataset, _ClassListFolder, _class_folders, _some
 
-__all__ = ["CARS196_LAYOUT", "CUB200_LAYOUT", "FOLDER_READERS", "load_cars196", "load_cub200"]
+__all__ = ["CARS196_LAYOUT", "CUB200_LAYOUT", "FACE_FOLDER_LAYOUT", "FOLDER_READERS", "load_cars196", "load_cub200",
+           "load_face_folder"]
 
 CUB200_LAYOUT = ("CUB_200_2011/ holding classes.txt, images.txt, image_class_labels.txt and "
                  "images/<001.Black_footed_Albatross>/*.jpg")
@@ -82,6 +89,35 @@ def load_cars196(root: str | os.PathLike, split: str = "train", image_size: int 
                                            name="cars196")
 
 
+FACE_FOLDER_LAYOUT = "root/train/<identity>/*.jpg (training identities) and root/test/<identity>/*.jpg (others)"
+FACE_FOLDER_SOURCE = ("extract insightface's aligned 112 x 112 faces (CASIA-WebFace, MS1M: the train.rec of "
+                      "https://github.com/deepinsight/insightface/tree/master/recognition/_datasets_) to JPEG files, "
+                      "one folder per identity, and move the identities kept for testing to test/")
+
+
+def load_face_folder(root: str | os.PathLike | None, split: str = "train", image_size: int = 112) -> ImageFolderDataset:
+    """Face identities in folders: ``root/train/<identity>/*.jpg`` (``split="train"``) or ``root/test/...``
+    (``"test"``), each split's identities in sorted order, labelled from 0. The test identities must differ from
+    the training ones (face verification scores identities never trained on)."""
+    if root is None:
+        raise DatasetError(f"face_folder needs data.root: the folder holding {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DatasetError(f"face_folder: {folder} not found; expected {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
+    identities = _class_folders(folder)
+    if split == "test" and (Path(root) / "train").is_dir():
+        shared = sorted(set(identities) & set(_class_folders(Path(root) / "train")))
+        if shared:
+            raise DatasetError(f"face_folder: identities {_some(shared)} are in both {Path(root) / 'train'} and "
+                               f"{folder}; the test identities must be unseen in training: move them to one of the two")
+    samples = _ClassListFolder(str(folder), identities).samples if identities else []
+    if not samples:
+        raise DatasetError(f"face_folder: no .jpg files in identity folders under {folder}; expected "
+                           f"{FACE_FOLDER_LAYOUT}")
+    return ImageFolderDataset.from_samples(samples, identities, root=root, split=split, image_size=image_size,
+                                           name="face_folder")
+
+
 def _base_folder(root: str | os.PathLike | None, folder: str, marker: str, name: str, layout: str,
                  source: str) -> Path:
     """``root/folder``, or ``root`` itself if it holds ``marker`` (the user pointed at the data set's folder)."""
@@ -118,4 +154,6 @@ def _check_files(samples: list[tuple[str, int]], listed_in: str, source: str) ->
                            f"{_some(missing)}; {source}")
 
 
-FOLDER_READERS = {"cub200": load_cub200, "cars196": load_cars196}  # name -> reader(root, split, image_size)
+FOLDER_READERS = {"cub200": load_cub200, "cars196": load_cars196,  # name -> reader(root, split, image_size)
+                  "face_folder": load_face_folder}
+

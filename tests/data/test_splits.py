@@ -64,9 +64,9 @@ def test_overlapping_or_doubled_class_choices_are_refused(overrides, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.train_classes=[0,1]", "data.val_classes=[2]"], "must be among the training classes"),
-    (["data.train_classes=[0,7]"], "in \\[0, 3\\)"),
-    (["data.test_classes=[1,1]"], "distinct"),
+    (["data.train_classes=[0]", "data.val_classes=[1]", "data.test_classes=[2]"], "must be among the training classes"),
+    (["data.train_classes=[0,7]", "data.test_classes=[1]"], "in \\[0, 3\\)"),
+    (["data.train_classes=[0]", "data.test_classes=[1,1]"], "distinct"),
 ])
 def test_class_choices_that_do_not_fit_the_data_are_one_error(npz_root, overrides, message):
     with pytest.raises(DatasetError, match=message):
