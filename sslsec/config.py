@@ -165,6 +165,13 @@ class EvalConfig:
     # Views smaller than the stored images (data.crop_size): score their center crop (true: resize 256 / crop 224)
     # or the whole stored image (false: views trained as zoomed-in crops at a lower resolution, as FixRes)
     center_crop: bool = True
+    # Face verification (docs/FACE.md): embeddings f(x) + f(hflip x) (insightface's) or f(x) alone; pairs drawn
+    # from a class-labelled split; insightface .bin files or LFW-style folders with a pairs.txt, scored as well
+    verification_flip: bool = True
+    verification_pairs: int = 6000
+    verification_sets: List[str] = field(default_factory=list)
+    verification_folds: int = 10
+    verification_far: float = 1e-3
 
 
 @dataclass
@@ -396,6 +403,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"loss.sec_momentum must be null or in (0, 1], got {config.loss.sec_momentum}")
     _check_classes(config.data)
     _check_pretrained(config.model)
+    _check_verification(config.eval)
     _choice("metric.loss", config.metric.loss, METRIC_LOSS_NAMES)
     _positive("metric.margin", config.metric.margin, allow_zero=True)
     if config.metric.margin is not None and config.metric.loss in MARGINLESS_METRIC_LOSSES:
@@ -451,6 +459,18 @@ def _check_contrastive(config: Config) -> None:
     if config.loss.contrastive != "ntxent" and config.method in QUEUE_METHODS:
         raise ConfigError(f"loss.contrastive={config.loss.contrastive} has no queue of negatives, which "
                           f"method={config.method} needs; use loss.contrastive=ntxent")
+
+
+def _check_verification(settings: EvalConfig) -> None:
+    if settings.verification_folds < 2:
+        raise ConfigError(f"eval.verification_folds must be at least 2, got {settings.verification_folds}")
+    if settings.verification_pairs < 2 * settings.verification_folds:
+        raise ConfigError(f"eval.verification_pairs must be at least 2 x eval.verification_folds "
+                          f"({2 * settings.verification_folds}: a same and a different pair per fold), got "
+                          f"{settings.verification_pairs}")
+    if not 0 < settings.verification_far < 1:
+        raise ConfigError(f"eval.verification_far must be in (0, 1) (a false-accept rate; 1e-3 is insightface's), "
+                          f"got {settings.verification_far}")
 
 
 def _check_pretrained(model: ModelConfig) -> None:

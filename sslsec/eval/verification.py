@@ -15,21 +15,29 @@ The training FAR is flat over runs of thresholds, and scipy >= 1.9 refuses an ``
 its coefficients: between the *last* threshold of the FAR below ``far`` and the *first* of the FAR above, which is
 what ``np.interp`` computes, and what is used here.
 
+Any class-labelled split is scored the same way on pairs drawn from it (:func:`pairs_from_split`), with the
+embeddings flip-summed as insightface embeds: ``e = f(x) + f(hflip(x))`` (:func:`pair_embeddings`).
+
 Example::
 
     scores = verification_metrics(emb0, emb1, issame)   # emb0, emb1 (P, D); issame (P,) bool
     scores["accuracy"], scores["val_at_far"]             # % over the folds
+    scores = split_verification(backbone, test_split)    # 6000 pairs drawn from the split's labels
 """
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from accelerate import Accelerator
+from torch import Tensor, nn
 
-__all__ = ["ACCURACY_THRESHOLDS", "VAL_THRESHOLDS", "VerificationROC", "verification_metrics", "verification_roc"]
+from sslsec.eval.features import EvaluationError, eval_transform, extract_features
+
+__all__ = ["ACCURACY_THRESHOLDS", "VAL_THRESHOLDS", "PairEmbeddings", "VerificationROC", "pair_embeddings",
+           "pairs_from_split", "split_verification", "verification_metrics", "verification_roc"]
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)  # squared distances between unit vectors lie in [0, 4]
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -153,3 +161,121 @@ def _check(emb0: ArrayLike, emb1: ArrayLike, issame: ArrayLike,
 
 def _numpy(value: ArrayLike) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+
+
+class PairEmbeddings(NamedTuple):
+    """The embeddings of a set of pairs, ready for :func:`verification_metrics` and :func:`verification_roc`."""
+
+    emb0: Tensor  # (P, D) float32, the pairs' first images (flip-summed when asked)
+    emb1: Tensor  # (P, D) float32, the pairs' second images
+    issame: Tensor  # (P,) bool
+    xnorm: float  # mean norm of the raw embeddings f(x) (and f(hflip x)) of the pairs' images, before any sum
+
+
+def pairs_from_split(labels: Tensor, n_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Verification pairs drawn from class labels: ``(index0, index1, issame)``, each ``(n_pairs,)``.
+
+    Pairs alternate same / different identity (``issame = [True, False, True, ...]``), so every run of two or
+    more consecutive pairs, hence every consecutive fold of :func:`verification_metrics`, holds both kinds.
+    A same pair is an image drawn uniformly among those whose class has two or more, with another image of its
+    class drawn uniformly; a different pair, an image drawn uniformly with one drawn uniformly from the other
+    classes. Drawn with replacement (a pair may repeat in a small split), never an image with itself, and the
+    same for one ``seed`` on any machine (a CPU ``torch.Generator``).
+
+    Args:
+        labels: (N,) int class labels of the split's images.
+        n_pairs: pairs to draw (``ceil(n_pairs / 2)`` same ones), at least 2.
+        seed: the generator's seed.
+
+    Returns:
+        index0, index1: int64 ``(n_pairs,)`` indices into ``labels``; issame: bool ``(n_pairs,)``.
+    """
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    if n_pairs < 2:
+        raise ValueError(f"n_pairs must be at least 2 (one same and one different pair), got {n_pairs}")
+    _, labels = torch.unique(labels, return_inverse=True)  # classes 0 .. K-1, whatever the labels were
+    counts = torch.bincount(labels)
+    if len(counts) < 2:
+        raise EvaluationError(f"the split has {len(labels)} images of a single class: verification needs "
+                              "different-identity pairs, so at least two classes")
+    if counts.max() < 2:
+        raise EvaluationError(f"every class of the split has one image ({len(counts)} classes): verification "
+                              "needs same-identity pairs, so classes with two or more images")
+    order = torch.argsort(labels, stable=True)  # images grouped by class
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(labels)
+    rank[order] = torch.arange(len(labels)) - starts[labels[order]]  # each image's position within its class
+    generator = torch.Generator().manual_seed(seed)
+    n_same, n_diff = (n_pairs + 1) // 2, n_pairs // 2
+
+    eligible = (counts[labels] >= 2).nonzero().flatten()
+    anchor = eligible[torch.randint(len(eligible), (n_same,), generator=generator)]
+    size = counts[labels[anchor]]
+    # another member of the class, uniformly: its position shifted by 1 .. size - 1, cyclically
+    shift = 1 + (torch.rand(n_same, generator=generator) * (size - 1)).long().clamp(max=size - 2)
+    same_partner = order[starts[labels[anchor]] + (rank[anchor] + shift) % size]
+
+    other = torch.randint(len(labels), (n_diff,), generator=generator)
+    outside = len(labels) - counts[labels[other]]  # images of the other classes
+    draw = (torch.rand(n_diff, generator=generator) * outside).long().clamp(max=outside - 1)
+    draw = draw + (draw >= starts[labels[other]]) * counts[labels[other]]  # skip the anchor's class block
+    diff_partner = order[draw]
+
+    index0, index1 = torch.empty(n_pairs, dtype=torch.int64), torch.empty(n_pairs, dtype=torch.int64)
+    index0[0::2], index1[0::2] = anchor, same_partner
+    index0[1::2], index1[1::2] = other, diff_partner
+    issame = torch.zeros(n_pairs, dtype=torch.bool)
+    issame[0::2] = True
+    return index0, index1, issame
+
+
+class FlippedTransform(nn.Module):
+    """``transform`` followed by a horizontal flip of the views ``(B, C, H, W)``: the mirror images a face
+    toolkit embeds beside the originals."""
+
+    def __init__(self, transform: nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, images: Tensor, **kwargs: Any) -> Tensor:
+        return self.transform(images, **kwargs).flip(-1)
+
+
+def pair_embeddings(backbone: nn.Module, dataset: Any, index0: Tensor, index1: Tensor, issame: Tensor, *,
+                    flip: bool = True, accelerator: Optional[Accelerator] = None, crop_size: Optional[int] = None,
+                    num_workers: Optional[int] = None, batch_size: int = 512) -> PairEmbeddings:
+    """Embed every image of ``dataset`` once (twice with ``flip``) and gather the pairs ``(index0[i], index1[i])``.
+
+    With ``flip`` an image's embedding is ``f(x) + f(hflip(x))``, insightface's; ``xnorm`` is the mean of
+    ``||f(x)||`` and ``||f(hflip(x))||`` over the pairs' images (each time a pair uses one), the raw norms SEC
+    acts on, not the norm of the sum. ``dataset``: an :class:`~sslsec.data.ImageArrays` or
+    :class:`~sslsec.data.ImageFolderDataset`, as :func:`~sslsec.eval.features.extract_features` takes it.
+    """
+    index0, index1 = torch.as_tensor(index0).long(), torch.as_tensor(index1).long()
+    extract = lambda transform: extract_features(backbone, dataset, accelerator=accelerator, transform=transform,
+                                                 num_workers=num_workers, batch_size=batch_size)[0]
+    transform = eval_transform(dataset, crop_size)
+    embeddings = extract(transform)
+    norms = embeddings.double().norm(dim=1)
+    if flip:
+        flipped = extract(FlippedTransform(transform))
+        norms = (norms + flipped.double().norm(dim=1)) / 2
+        embeddings = embeddings + flipped
+    xnorm = torch.cat([norms[index0], norms[index1]]).mean().item()
+    return PairEmbeddings(embeddings[index0], embeddings[index1], torch.as_tensor(issame).bool(), xnorm)
+
+
+def split_verification(backbone: nn.Module, split: Any, *, n_pairs: int = 6000, seed: int = 0, flip: bool = True,
+                       accelerator: Optional[Accelerator] = None, crop_size: Optional[int] = None,
+                       num_workers: Optional[int] = None, n_folds: int = 10, far: float = 1e-3) -> Dict[str, float]:
+    """:func:`verification_metrics` of ``n_pairs`` pairs drawn from ``split``'s labels (:func:`pairs_from_split`
+    with ``seed``), embedded by ``backbone`` (flip-summed with ``flip``; see :func:`pair_embeddings`).
+
+    ``xnorm`` is the mean norm of the raw embeddings; ``crop_size`` and ``num_workers`` as
+    :func:`~sslsec.eval.features.extract_features` takes them.
+    """
+    pairs = pairs_from_split(split.labels, n_pairs, seed)
+    embedded = pair_embeddings(backbone, split, *pairs, flip=flip, accelerator=accelerator, crop_size=crop_size,
+                               num_workers=num_workers)
+    return {**verification_metrics(embedded.emb0, embedded.emb1, embedded.issame, n_folds, far),
+            "xnorm": embedded.xnorm}
