@@ -199,9 +199,9 @@ class WithSEC(nn.Module):
 
     The wrapped loss is called unchanged, so it normalizes the embeddings itself (lightly's contrastive losses
     and pytorch-metric-learning's default distances do). SEC is taken over the **unnormalized** embeddings named
-    by ``embedding_args``: positional indices and keyword names (default ``(0,)``, the first positional argument:
-    pml's ``embeddings``, not its ``ref_emb``; two views: ``(0, 1)``), each a 2-D floating-point tensor; an
-    argument named there but not given (pml's optional ``ref_emb``) is skipped. Of those, the ones that carry
+    by ``embedding_args``: positional indices and keyword names (default ``(0, "embeddings")``, pml's first
+    argument by position or keyword, not its ``ref_emb``; two views: ``(0, 1)``), each a 2-D floating-point
+    tensor; an argument named there but not given (pml's optional ``ref_emb``) is skipped. Of those, the ones that carry
     gradient (SimCLR: both views; MoCo: the queries, not the momentum encoder's keys) are regularized, or all of
     them when none does (evaluation under ``no_grad``). Their row norms are concatenated and ``mu`` is their mean
     over the global batch (:func:`norm_moments`), or its EMA with ``sec_momentum``.
@@ -236,7 +236,8 @@ class WithSEC(nn.Module):
     """
 
     def __init__(self, loss: nn.Module, sec_weight: float = 0.0, sec_momentum: Optional[float] = None,
-                 norm_penalty_weight: float = 0.0, embedding_args: Sequence[EmbeddingArgument] = (0,)) -> None:
+                 norm_penalty_weight: float = 0.0,
+                 embedding_args: Sequence[EmbeddingArgument] = (0, "embeddings")) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
             raise TypeError(f"WithSEC wraps an nn.Module loss, got {type(loss).__name__}")
