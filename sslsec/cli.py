@@ -1,5 +1,5 @@
-"""Console entry points (``sslsec-pretrain``, ``sslsec-linear-probe``, ``sslsec-retrieval``, ``sslsec-diagnose``,
-``sslsec-study``, ``sslsec-metric-study``): parse the arguments, call one library function, print what it found.
+"""Console entry points (``sslsec-pretrain``, ``sslsec-linear-probe``, ``sslsec-retrieval``,
+``sslsec-verification``, ``sslsec-diagnose``, ``sslsec-study``, ``sslsec-metric-study``): parse the arguments, call one library function, print what it found.
 
 One style of command line: everything that is a config key is given as ``key=value`` (before or after the
 flags; the syntax of :func:`sslsec.config.load_config`), flags are only for what is not a config key, and
@@ -219,6 +219,59 @@ def _retrieval(config: Config, backbone: Optional[nn.Module], output_dir: Path, 
     print(f"wrote {output_dir / 'retrieval.json'}")
 
 
+def verification_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sslsec-verification``: face verification of a frozen backbone by insightface's protocol on pairs drawn from
+    the validation and test splits and on ``eval.verification_sets``; writes ``verification.json`` and ROC plots."""
+    parser = _evaluation_parser(
+        "sslsec-verification", "Face verification (accuracy over 10 folds, VAL@FAR, insightface's protocol) of a "
+        "frozen backbone's flip-summed embeddings: eval.verification_pairs same / different pairs drawn from the "
+        "validation and test splits, and each insightface .bin file or LFW-style folder with a pairs.txt of "
+        "eval.verification_sets. Writes verification.json and a ROC plot per set (verification_roc_SET.png).",
+        "eval.verification_sets=[data/lfw.bin]", "verification.json")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="write the scores to FILE (and the plots "
+                        "beside it) instead of OUTPUT_DIR/verification.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output file that holds scores of another protocol (refused otherwise)")
+    args = _evaluation_args(parser, argv)
+    with _exit_on_user_error(parser.prog):
+        config, backbone, output_dir, label = _probe_target(args)
+        _verification(config, backbone, output_dir, label, output=args.output, overwrite=args.overwrite)
+
+
+def _verification(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str, *,
+                  output: Optional[Path] = None, overwrite: bool = False) -> None:
+    """Verification scores of ``backbone`` (random init if None); print the table, write ``verification.json``
+    (or ``output``) and the ROC plots; refuse, before the work, to replace scores of another protocol."""
+    from accelerate import PartialState
+
+    from sslsec.analysis.verification_report import (check_output, format_verification, verification_protocol,
+                                                     write_verification)
+    from sslsec.engine import make_accelerator
+    from sslsec.eval import score_verification
+
+    path, protocol = output or output_dir / "verification.json", verification_protocol(config)
+    check_output(path, protocol, overwrite)
+    start = time.perf_counter()
+    accelerator = make_accelerator(mixed_precision=config.trainer.mixed_precision)
+    result = score_verification(config, backbone, accelerator=accelerator)
+    if not PartialState().is_main_process:
+        return
+    plots = write_verification(result, path, protocol, label, {"mixed_precision": accelerator.mixed_precision,
+                                                               "seconds": time.perf_counter() - start})
+    flip = "f(x) + f(flip x)" if config.eval.verification_flip else "f(x)"
+    print(f"{label}: verification of {flip}, {config.eval.verification_folds} folds")
+    print(format_verification(result, config.eval.verification_far))
+    print(f"wrote {path}" + (f" and {len(plots)} ROC plots ({plots[0].name}, ...)" if plots else
+                             " (no ROC plots: pip install 'sslsec[plots]')"))
+
+
+def _scored_by_verification(config: Config) -> bool:
+    """The run's method is scored by face verification (``Method.evaluation == "verification"``)."""
+    from sslsec.methods import method_class
+
+    return method_class(config.method).evaluation == "verification"
+
+
 def _classes_unseen_in_training(config: Config) -> bool:
     """The test split holds other classes than the training split (metric learning): retrieval, not a probe."""
     return config.data.test_classes is not None and config.data.test_classes != config.data.train_classes
@@ -256,7 +309,8 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
                      "several processes.", "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
     parser.add_argument("--probe", action="store_true", help="evaluate the result: the linear probe and kNN, or "
-                        "retrieval (sslsec-retrieval) where the test classes are not the training classes")
+                        "retrieval (sslsec-retrieval) where the test classes are not the training classes, or face "
+                        "verification (sslsec-verification) for a method scored by it")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog, "no checkpoint was written now (training checkpoints at "
                              "Ctrl-C only between its steps)"):
@@ -271,6 +325,8 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
         if args.probe and RunPaths(run_dir).finished():
             config, backbone = load_run(run_dir)
             evaluate = _retrieval if _classes_unseen_in_training(config) else _probe
+            if _scored_by_verification(config):
+                evaluate = _verification
             evaluate(config, backbone, run_dir, f"{config.model.backbone} ({run_dir})")
     PartialState().destroy_process_group()
 

@@ -102,7 +102,7 @@ def test_overrides_go_before_or_after_the_flags(run_dir):
 def test_console_scripts_are_named_sslsec_and_scripts_only_call_them():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"sslsec-pretrain", "sslsec-linear-probe", "sslsec-retrieval", "sslsec-diagnose",
-                            "sslsec-study", "sslsec-metric-study"}
+                            "sslsec-study", "sslsec-metric-study", "sslsec-verification"}
     for path in (REPO / "scripts").glob("*.py"):
         if path.name.startswith("bench_"):  # benchmarks are scripts, not entry points
             continue
@@ -173,7 +173,7 @@ def test_help_and_command_line_errors_import_none_of_the_heavy_modules():
     code = ("import sys\n"
             "from sslsec import cli\n"
             "for main in (cli.pretrain_main, cli.linear_probe_main, cli.retrieval_main, cli.diagnose_main,\n"
-            "             cli.study_main, cli.metric_study_main):\n"
+            "             cli.study_main, cli.metric_study_main, cli.verification_main):\n"
             "    for argv in (['--help'], ['loss.sec_wieght=1'], ['--run', '/nonexistent']):\n"
             "        try:\n"
             "            main(argv)\n"

@@ -289,7 +289,7 @@ def decoder_reason(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    text = re.sub(r"^\w+, \S+:\d+, ", "", text)  # "decode_jpeg, /.../decode_jpeg.cpp:171, Image is truncated"
+    text = re.sub(r"^[\w()]+, \S+:\d+, ", "", text)  # "decode_jpeg, /.../decode_jpeg.cpp:171, Image is truncated"
     return text.split(". ")[0].rstrip(".")  # its first sentence: "Unsupported image file"
 
 

@@ -1,5 +1,6 @@
 """The evaluation protocol of a run: the linear probe and kNN with the config's ``eval`` section, retrieval on the
-validation and test splits (metric learning), beside the random-init baseline every number should be read against."""
+validation and test splits (metric learning), face verification (:func:`score_verification`), beside the
+random-init baseline every number should be read against."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sslsec.data import load_splits
-from sslsec.eval.features import device_of, extract_features, extractor
+from sslsec.data import DatasetError, load_splits
+from sslsec.eval.features import EvaluationError, device_of, extract_features, extractor
 from sslsec.eval.knn import knn_on_features
 from sslsec.eval.linear import linear_probe
 from sslsec.eval.retrieval import retrieval_metrics
+from sslsec.eval.verification import pairs_from_split, score_pairs
 from sslsec.models import build_backbone
 
 if TYPE_CHECKING:
@@ -80,6 +82,56 @@ def score_retrieval(config: Config, backbone: Optional[nn.Module] = None, *,
         backbone = random_backbone(config, train.channels)
     return retrieval_scores(backbone, {"val": val, "test": test}, accelerator=accelerator, seed=config.trainer.seed,
                             crop_size=eval_crop_size(config), num_workers=config.data.num_workers)
+
+
+def score_verification(config: Config, backbone: Optional[nn.Module] = None, *,
+                       accelerator: Optional[Accelerator] = None) -> Dict[str, Dict[str, Any]]:
+    """Face verification of ``backbone`` (random weights of :func:`random_backbone` if None) by insightface's
+    protocol, one entry per set: ``val`` and ``test``, ``eval.verification_pairs`` pairs drawn from the validation
+    (when the config has one) and test splits (:func:`~sslsec.eval.verification.pairs_from_split`, seeded by
+    ``trainer.seed``), then each of ``eval.verification_sets`` by its name (``lfw``), served at the test split's
+    image size and channels and normalized as the training data.
+
+    Each entry: :func:`~sslsec.eval.verification.score_pairs`'s scores (``accuracy``, ``accuracy_std``,
+    ``val_at_far``, ``threshold``, ``xnorm``, ..., ``roc``) and ``source`` (the split or the set's path).
+    """
+    settings = config.eval
+    train, val, test = load_splits(config)
+    sets = [_verification_set(path, train, test, settings.verification_folds)  # a bad file fails before any work
+            for path in settings.verification_sets]
+    if backbone is None:
+        backbone = random_backbone(config, train.channels)
+    score = functools.partial(score_pairs, backbone, flip=settings.verification_flip,
+                              n_folds=settings.verification_folds, far=settings.verification_far,
+                              accelerator=accelerator, crop_size=eval_crop_size(config),
+                              num_workers=config.data.num_workers)
+    result: Dict[str, Dict[str, Any]] = {}
+    for name, split in (("val", val), ("test", test)):
+        if split is not None:
+            pairs = pairs_from_split(split.labels, settings.verification_pairs, config.trainer.seed)
+            result[name] = {"source": f"{name} split of {split.name}", **score(split, *pairs)}
+    for path, pairs in zip(settings.verification_sets, sets):
+        name = pairs.name if pairs.name not in result else f"{pairs.name}_{len(result)}"
+        try:
+            scores = score(pairs.images, pairs.index0, pairs.index1, pairs.issame)
+        except ValueError as error:  # a set too small for the folds, or whose folds lack a kind of pair
+            if isinstance(error, (EvaluationError, DatasetError)):
+                raise
+            raise EvaluationError(f"verification set {path}: {error}") from None
+        result[name] = {"source": str(path), **scores}
+    return result
+
+
+def _verification_set(path: str, train: Any, test: Any, n_folds: int) -> Any:
+    """The verification set at ``path`` as the test split serves its images (size, channels) and normalized as the
+    training data; a ``pairs.txt`` of other folds than ``n_folds`` is refused with the fix."""
+    from sslsec.data.verification_sets import load_verification_set  # here: only verification reads these
+
+    pairs = load_verification_set(path, test.image_size, test.channels).normalized_as(train.mean, train.std)
+    if pairs.folds not in (None, n_folds):
+        raise EvaluationError(f"verification set {path} defines {pairs.folds} folds, but eval.verification_folds="
+                              f"{n_folds}; set eval.verification_folds={pairs.folds} to score it by its own folds")
+    return pairs
 
 
 def eval_crop_size(config: Config) -> Optional[int]:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from sslsec.eval.features import EvaluationError, eval_transform, extract_features
 
 __all__ = ["ACCURACY_THRESHOLDS", "VAL_THRESHOLDS", "PairEmbeddings", "VerificationROC", "pair_embeddings",
-           "pairs_from_split", "split_verification", "verification_metrics", "verification_roc"]
+           "pairs_from_split", "score_pairs", "split_verification", "verification_metrics", "verification_roc"]
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)  # squared distances between unit vectors lie in [0, 4]
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -279,3 +279,15 @@ def split_verification(backbone: nn.Module, split: Any, *, n_pairs: int = 6000, 
                                num_workers=num_workers)
     return {**verification_metrics(embedded.emb0, embedded.emb1, embedded.issame, n_folds, far),
             "xnorm": embedded.xnorm}
+
+
+def score_pairs(backbone: nn.Module, dataset: Any, index0: Tensor, index1: Tensor, issame: Tensor, *,
+                flip: bool = True, n_folds: int = 10, far: float = 1e-3, accelerator: Optional[Accelerator] = None,
+                crop_size: Optional[int] = None, num_workers: Optional[int] = None) -> Dict[str, Any]:
+    """:func:`verification_metrics` of the pairs ``(index0[i], index1[i])`` of ``dataset``'s images, embedded by
+    :func:`pair_embeddings`, with ``images`` (the data set's size) and ``roc``, their :func:`verification_roc`."""
+    embedded = pair_embeddings(backbone, dataset, index0, index1, issame, flip=flip, accelerator=accelerator,
+                               crop_size=crop_size, num_workers=num_workers)
+    scores = verification_metrics(embedded.emb0, embedded.emb1, embedded.issame, n_folds, far)
+    return {**scores, "xnorm": embedded.xnorm, "images": len(dataset),
+            "roc": verification_roc(embedded.emb0, embedded.emb1, embedded.issame, n_folds)}
