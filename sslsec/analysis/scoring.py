@@ -69,12 +69,12 @@ def retrieval_row_scores(config: Config, run_dir: Path, backbone: Any, splits: T
 def verification_row_scores(config: Config, run_dir: Path, backbone: Any, splits: Tuple[Any, Any, Any],
                             accelerator: Any, diagnostics_n: int) -> Dict[str, Any]:
     """A face-recognition run's scores: :func:`~sslsec.eval.verification.split_verification` of its embedder on
-    ``eval.verification_pairs`` pairs of the test split (``verification_accuracy``, ``val_at_far``, their stds,
+    ``eval.verification_pairs`` pairs (drawn with ``trainer.seed``, as ``sslsec-verification``) of the test split (``verification_accuracy``, ``val_at_far``, their stds,
     ``xnorm``) and, prefixed ``val_``, of the validation split; ``norm_mean``, ``norm_std`` and
     ``norm_std_over_mean`` of the test embeddings (unflipped)."""
     _, val, test = splits
     settings = config.eval
-    options = dict(n_pairs=settings.verification_pairs, seed=0, flip=settings.verification_flip,
+    options = dict(n_pairs=settings.verification_pairs, seed=config.trainer.seed, flip=settings.verification_flip,
                    accelerator=accelerator, crop_size=eval_crop_size(config), num_workers=config.data.num_workers,
                    n_folds=settings.verification_folds, far=settings.verification_far)
     scores = {}
