@@ -15,6 +15,7 @@ implementation: this module loads neither torch nor the methods, so any implemen
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import types
 import typing
@@ -26,9 +27,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sslsec.choices import (BACKBONES, CONTRASTIVE_LOSSES, DATASET_NAMES, IMAGENET_BACKBONES,
-                            MARGINLESS_METRIC_LOSSES, METHOD_NAMES, METRIC_LOSS_NAMES, PROBE_SCHEDULES, QUEUE_METHODS,
-                            SEC_SCHEDULES)
+from sslsec.choices import (BACKBONES, CLASS_WEIGHT_METRIC_LOSSES, CONTRASTIVE_LOSSES, DATASET_NAMES, EMBEDDING_HEADS,
+                            IMAGENET_BACKBONES, MARGINLESS_METRIC_LOSSES, METHOD_NAMES, METRIC_LOSS_NAMES,
+                            PROBE_SCHEDULES, QUEUE_METHODS, SEC_SCHEDULES, SHARED_SPLIT_DATASETS)
 from sslsec.errors import ConfigError  # defined there so that implementations can raise it; re-exported
 
 OPTIMIZERS = ("sgd", "lars", "adam")
@@ -65,6 +66,9 @@ class ModelConfig:
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes (SyncBN; SimCLR's and the SEC authors' choice)
     embedding_dim: int = 512  # metric learning: the linear embedding layer on the backbone (the SEC authors' 512)
     embedding_batchnorm: bool = False  # metric learning: BatchNorm before the embedding layer (the authors' head)
+    # linear: [BatchNorm] - Linear; face: insightface's BatchNorm - Dropout - Linear - BatchNorm (scale fixed at 1)
+    embedding_head: str = "linear"
+    embedding_dropout: float = 0.0  # the face head's dropout before its linear layer (insightface: 0, 0.4 on small sets)
     pretrained: bool = False  # ResNets: start from torchvision's ImageNet weights (IMAGENET1K_V1); cifar_stem false
 
 
@@ -118,6 +122,8 @@ class MetricConfig:
     loss: str = "triplet"  # one of sslsec.methods.metric.METRIC_LOSSES
     images_per_class: int = 3  # K of the P x K batches (the SEC authors: 3 triplet / semihard, 2 N-pair, 5 MS)
     margin: Optional[float] = None  # the loss's margin; None: its published default (docs/METRIC_LEARNING.md)
+    # class-weight losses: the logits' scale s; None: the published one (CosFace, ArcFace 64; NormFace 20 = 1 / 0.05)
+    scale: Optional[float] = None
     backbone_lr_scale: float = 1.0  # the backbone's lr relative to the embedding layer's and class weights'
 
 
@@ -403,18 +409,50 @@ def validate(config: Config) -> None:
     _positive("metric.margin", config.metric.margin, allow_zero=True)
     if config.metric.margin is not None and config.metric.loss in MARGINLESS_METRIC_LOSSES:
         raise ConfigError(f"metric.loss={config.metric.loss} has no margin; leave metric.margin null")
+    _check_face(config)
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
 
 
 def _check_classes(data: DataConfig) -> None:
+    """Class-disjoint splits: no class in two of train / validation / test, and no test image trained on."""
     if data.val_classes is not None and data.val_size is not None:
         raise ConfigError("set data.val_classes (whole classes) or data.val_size (images) for validation, not both")
-    if data.train_classes is not None and data.test_classes is not None:
-        shared = sorted(set(data.train_classes) & set(data.test_classes))
-        if shared:
-            raise ConfigError(f"data.train_classes and data.test_classes share classes {shared}: metric learning "
-                              "scores retrieval on classes never seen in training")
+    if data.name in SHARED_SPLIT_DATASETS and (data.train_classes is None or data.test_classes is None):
+        raise ConfigError(f"data.name={data.name} reads the same images for training and testing: set both "
+                          "data.train_classes and data.test_classes (disjoint, e.g. configs/dml_cub200.yaml)")
+    if data.name == "face_folder":
+        return  # its train/ and test/ folders hold different identities, each numbered from 0
+    if data.test_classes is not None and data.train_classes is None:
+        raise ConfigError("data.test_classes without data.train_classes trains on every class, the test classes "
+                          "among them: set data.train_classes to the other classes")
+    if data.test_classes is None and (data.train_classes is not None or data.val_classes is not None):
+        key = "data.train_classes" if data.train_classes is not None else "data.val_classes"
+        raise ConfigError(f"{key} without data.test_classes tests on every class, those trained on among them: set "
+                          "data.test_classes to the classes never trained on")
+    named = {"data.train_classes": data.train_classes, "data.val_classes": data.val_classes,
+             "data.test_classes": data.test_classes}
+    for (key, classes), (other, other_classes) in itertools.combinations(named.items(), 2):
+        shared = sorted(set(classes or ()) & set(other_classes or ()))
+        if shared and other == "data.test_classes":
+            raise ConfigError(f"{key} and {other} share classes {shared}: metric learning scores retrieval on "
+                              "classes never seen in training; remove them from one of the two")
+
+
+def _check_face(config: Config) -> None:
+    _choice("model.embedding_head", config.model.embedding_head, EMBEDDING_HEADS)
+    if not 0 <= config.model.embedding_dropout < 1:
+        raise ConfigError(f"model.embedding_dropout must be in [0, 1), got {config.model.embedding_dropout}")
+    if config.model.embedding_head == "face" and config.model.embedding_batchnorm:
+        raise ConfigError("model.embedding_head=face has its own BatchNorm before the linear layer; set "
+                          "model.embedding_batchnorm=false")
+    _positive("metric.scale", config.metric.scale)
+    if config.metric.scale is not None and config.metric.loss not in CLASS_WEIGHT_METRIC_LOSSES:
+        raise ConfigError(f"metric.scale applies to {', '.join(CLASS_WEIGHT_METRIC_LOSSES)}, not "
+                          f"metric.loss={config.metric.loss}; leave it null")
+    if config.method == "face" and config.metric.loss not in CLASS_WEIGHT_METRIC_LOSSES:
+        raise ConfigError(f"method=face trains class weights over plain batches: metric.loss must be one of "
+                          f"{', '.join(CLASS_WEIGHT_METRIC_LOSSES)}, got {config.metric.loss} (pair losses: method=metric)")
 
 
 def _check_contrastive(config: Config) -> None:

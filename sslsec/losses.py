@@ -22,7 +22,7 @@ single-process loss on the concatenated batch.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -171,9 +171,25 @@ class SECLossOutput(NamedTuple):
     norm_std: Tensor
 
 
-def _embedding_arguments(args: Sequence[object]) -> Sequence[Tensor]:
-    """The 2-D floating-point tensors among ``args``: the embeddings (labels are integer, index tuples not tensors)."""
-    return [a for a in args if isinstance(a, Tensor) and a.dim() == 2 and a.is_floating_point()]
+def gather_batch(embeddings: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+    """The global batch under ``torch.distributed``: every process's ``embeddings`` (N, D) and ``labels`` (N,),
+    concatenated in rank order to (W * N, D) and (W * N,); the inputs themselves with one process.
+
+    The embeddings keep their gradient (lightly's ``GatherLayer``: backward sums the gradients of every process
+    and hands each its rows), so a loss computed identically on every process over the global batch, and averaged
+    by DDP, gives the gradients of that loss on one process over the concatenated batch: pair and triplet losses
+    mine across processes, and class-weight losses (whose weights see every embedding) are not scaled by W, as
+    pml's ``DistributedLossWrapper`` scales them (it multiplies the loss by W to restore the embeddings' part).
+    Every process must give the same N.
+    """
+    if not _distributed():
+        return embeddings, labels
+    from lightly.utils.dist import gather  # lightly's autograd all_gather
+
+    return torch.cat(gather(embeddings.contiguous())), torch.cat(gather(labels.contiguous()))
+
+
+EmbeddingArgument = Union[int, str]  # a positional index or a keyword name
 
 
 class WithSEC(nn.Module):
@@ -182,11 +198,13 @@ class WithSEC(nn.Module):
     ``total = loss(*args, **kwargs) + weight_scale * (sec_weight * sec + norm_penalty_weight * mean_i ||z_i||^2)``
 
     The wrapped loss is called unchanged, so it normalizes the embeddings itself (lightly's contrastive losses
-    and pytorch-metric-learning's default distances do). SEC is taken over the **unnormalized** embeddings: the
-    2-D floating-point tensors among the positional arguments (pml's integer labels and index tuples are
-    skipped), those that carry gradient (SimCLR: both views; MoCo: the queries, not the momentum encoder's
-    keys), or all of them when none does (evaluation under ``no_grad``). Their row norms are concatenated and
-    ``mu`` is their mean over the global batch (:func:`norm_moments`), or its EMA with ``sec_momentum``.
+    and pytorch-metric-learning's default distances do). SEC is taken over the **unnormalized** embeddings named
+    by ``embedding_args``: positional indices and keyword names (default ``(0, "embeddings")``, pml's first
+    argument by position or keyword, not its ``ref_emb``; two views: ``(0, 1)``), each a 2-D floating-point
+    tensor; an argument named there but not given (pml's optional ``ref_emb``) is skipped. Of those, the ones that carry
+    gradient (SimCLR: both views; MoCo: the queries, not the momentum encoder's keys) are regularized, or all of
+    them when none does (evaluation under ``no_grad``). Their row norms are concatenated and ``mu`` is their mean
+    over the global batch (:func:`norm_moments`), or its EMA with ``sec_momentum``.
 
     A weight of 0 leaves its term out, so ``sec_weight=0, norm_penalty_weight=0`` gives exactly the wrapped
     loss's value and gradient. ``weight_scale`` (default 1) is the schedule's factor for the step, set by a
@@ -203,9 +221,12 @@ class WithSEC(nn.Module):
         sec_weight: weight ``eta`` of SEC.
         sec_momentum: ``None`` for the batch-mean ``mu``, else the EMA momentum ``rho`` in (0, 1].
         norm_penalty_weight: weight of the L2 norm penalty (the paper's baseline).
+        embedding_args: the arguments SEC regularizes: positional indices (int) and keyword names (str), e.g.
+            ``(0, "ref_emb")`` to regularize pml's reference embeddings too.
 
     Shapes:
-        the wrapped loss's arguments, with the embeddings (N_k, D_k) positional -> :class:`SECLossOutput`.
+        the wrapped loss's arguments, with the embeddings (N_k, D_k) among ``embedding_args`` ->
+        :class:`SECLossOutput`.
 
     Example:
         >>> from pytorch_metric_learning.losses import TripletMarginLoss
@@ -215,10 +236,16 @@ class WithSEC(nn.Module):
     """
 
     def __init__(self, loss: nn.Module, sec_weight: float = 0.0, sec_momentum: Optional[float] = None,
-                 norm_penalty_weight: float = 0.0) -> None:
+                 norm_penalty_weight: float = 0.0,
+                 embedding_args: Sequence[EmbeddingArgument] = (0, "embeddings")) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
             raise TypeError(f"WithSEC wraps an nn.Module loss, got {type(loss).__name__}")
+        self.embedding_args = tuple(embedding_args)
+        if not self.embedding_args or not all(isinstance(a, (int, str)) and not isinstance(a, bool)
+                                              and (isinstance(a, str) or a >= 0) for a in self.embedding_args):
+            raise ValueError("embedding_args must name the embeddings SEC regularizes: positional indices >= 0 "
+                             f"and keyword names, e.g. (0,) or (0, 'ref_emb'); got {embedding_args!r}")
         self.sec_weight = _check_weight(sec_weight, "sec_weight")
         self.norm_penalty_weight = _check_weight(norm_penalty_weight, "norm_penalty_weight")
         self.loss = loss
@@ -227,7 +254,7 @@ class WithSEC(nn.Module):
         self.check_finite = True
 
     def forward(self, *args: object, **kwargs: object) -> SECLossOutput:
-        carriers = self.carriers(args)
+        carriers = self.carriers(args, kwargs)
         norms = torch.cat([_row_norms(z) for z in carriers])
         norm_mean, norm_std = norm_moments(norms)
 
@@ -244,14 +271,22 @@ class WithSEC(nn.Module):
             total = total + self.weight_scale * self.norm_penalty_weight * norms.square().mean()
         return SECLossOutput(total, value.detach(), sec.detach(), norm_mean, norm_std)
 
-    def carriers(self, args: Sequence[object]) -> Sequence[Tensor]:
-        """The embeddings SEC is taken over: the 2-D float positional tensors with gradient, else all of them."""
-        embeddings = _embedding_arguments(args)
+    def carriers(self, args: Sequence[object], kwargs: Optional[Mapping[str, object]] = None) -> Sequence[Tensor]:
+        """The embeddings SEC is taken over: those of :attr:`embedding_args` given, with gradient, else all of them."""
+        kwargs = kwargs or {}
+        given = [(f"argument {a}", args[a]) if isinstance(a, int) else (a, kwargs[a]) for a in self.embedding_args
+                 if (a in kwargs if isinstance(a, str) else a < len(args))]
+        embeddings = [(name, z) for name, z in given if z is not None]
         if not embeddings:
-            raise ValueError(f"WithSEC({type(self.loss).__name__}) found no 2-D floating-point tensor among the "
-                             "positional arguments; pass the unnormalized embeddings (N, D) positionally")
-        for z in embeddings:
+            raise ValueError(f"WithSEC({type(self.loss).__name__}) regularizes the arguments {self.embedding_args}, "
+                             f"none of which was given; pass the unnormalized embeddings (N, D) there, or set "
+                             "embedding_args")
+        for name, z in embeddings:
+            if not isinstance(z, Tensor) or not z.is_floating_point():
+                raise ValueError(f"WithSEC({type(self.loss).__name__}): {name} (embedding_args) must be a "
+                                 f"floating-point tensor of embeddings (N, D), got {_describe(z)}")
             _check_embeddings(z, "embeddings", self.check_finite)
+        embeddings = [z for _, z in embeddings]
         return [z for z in embeddings if z.requires_grad] or embeddings
 
     def _memory_bank(self) -> Optional[MemoryBankModule]:
@@ -269,7 +304,12 @@ class WithSEC(nn.Module):
             bank.bank_ptr.copy_(state["bank_ptr"])
 
     def extra_repr(self) -> str:
-        return f"sec_weight={self.sec_weight}, norm_penalty_weight={self.norm_penalty_weight}"
+        return (f"sec_weight={self.sec_weight}, norm_penalty_weight={self.norm_penalty_weight}, "
+                f"embedding_args={self.embedding_args}")
+
+
+def _describe(value: object) -> str:
+    return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
@@ -335,7 +375,8 @@ class SECInfoNCE(WithSEC):
         gather_distributed: bool = False,
     ) -> None:
         super().__init__(contrastive_loss("ntxent", temperature, memory_bank_size, gather_distributed),
-                         sec_weight=sec_weight, sec_momentum=sec_momentum, norm_penalty_weight=norm_penalty_weight)
+                         sec_weight=sec_weight, sec_momentum=sec_momentum, norm_penalty_weight=norm_penalty_weight,
+                         embedding_args=(0, 1))
 
     @property
     def contrastive(self) -> NTXentLoss:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from sslsec.choices import BACKBONES  # the one list of backbone names (config reads it there)
+from sslsec.choices import BACKBONES, EMBEDDING_HEADS  # the one list of backbone names (config reads it there)
 
 # torchvision's original ImageNet-1k weights (top-1 69.8 / 76.1 %), the usual start of metric learning with ResNets;
 # not ResNet50's IMAGENET1K_V2 (80.9 %, trained with a heavier recipe)
@@ -58,21 +58,37 @@ class SmallCNN(nn.Module):
 
 
 class Embedder(nn.Module):
-    """A backbone followed by the metric-learning embedding layer: features -> [BatchNorm] -> Linear.
+    """A backbone followed by the metric-learning embedding layer (``head``):
 
-    The SEC authors' head is global pooling, BatchNorm and a linear layer to 512 dimensions; our backbones pool
-    already, so the BatchNorm is a ``BatchNorm1d`` on the pooled features. ``feature_dim`` is ``embedding_dim``,
-    so every evaluation tool takes an ``Embedder`` as it takes a backbone.
+    - ``"linear"``: features -> [BatchNorm] -> Linear. The SEC authors' head is global pooling, BatchNorm and a
+      linear layer to 512 dimensions; our backbones pool already, so the BatchNorm is a ``BatchNorm1d`` on the
+      pooled features (``batchnorm``).
+    - ``"face"``: the face-recognition head of insightface's ``iresnet`` (ArcFace, CosFace): features ->
+      BatchNorm -> Dropout(``dropout``) -> Linear -> BatchNorm1d of the embedding, whose scale is fixed at 1
+      and not trained (only its shift is). insightface flattens the last 7 x 7 x 512 map into the linear layer;
+      here the pooled features go in (one 512- or 2048-wide vector), as for every backbone of sslsec.
+
+    ``feature_dim`` is ``embedding_dim``, so every evaluation tool takes an ``Embedder`` as it takes a backbone.
 
     Shapes:
         (N, C, H, W) -> (N, embedding_dim), unnormalized.
     """
 
-    def __init__(self, trunk: nn.Module, embedding_dim: int, batchnorm: bool = False) -> None:
+    def __init__(self, trunk: nn.Module, embedding_dim: int, batchnorm: bool = False, head: str = "linear",
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if head not in EMBEDDING_HEADS:
+            raise ValueError(f"unknown embedding head {head!r}; choose one of {', '.join(EMBEDDING_HEADS)}")
         self.trunk = trunk
-        self.embedding = nn.Sequential(*([nn.BatchNorm1d(trunk.feature_dim)] if batchnorm else []),
-                                       nn.Linear(trunk.feature_dim, embedding_dim))
+        if head == "face":
+            features = nn.BatchNorm1d(embedding_dim, eps=1e-5)
+            nn.init.constant_(features.weight, 1.0)
+            features.weight.requires_grad = False  # insightface's `features` BatchNorm: the scale stays 1
+            self.embedding = nn.Sequential(nn.BatchNorm1d(trunk.feature_dim, eps=1e-5), nn.Dropout(dropout),
+                                           nn.Linear(trunk.feature_dim, embedding_dim), features)
+        else:
+            self.embedding = nn.Sequential(*([nn.BatchNorm1d(trunk.feature_dim)] if batchnorm else []),
+                                           nn.Linear(trunk.feature_dim, embedding_dim))
         self.feature_dim = embedding_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +98,7 @@ class Embedder(nn.Module):
 def build_backbone(
     name: str = "resnet18", in_channels: int = 3, cifar_stem: bool = False,
     embedding_dim: Optional[int] = None, embedding_batchnorm: bool = False, pretrained: bool = False,
+    embedding_head: str = "linear", embedding_dropout: float = 0.0,
 ) -> nn.Module:
     """A backbone without its classifier; ``backbone.feature_dim`` is its output width.
 
@@ -91,7 +108,8 @@ def build_backbone(
         cifar_stem: ResNets only: a 3x3 stride-1 first convolution and no max-pool, the usual
             stem for 32 px images (SimCLR appendix B.9).
         embedding_dim: metric learning: an :class:`Embedder` with a linear embedding layer of this width on top
-            (``embedding_batchnorm``: a BatchNorm before it, as the SEC authors' head).
+            (``embedding_batchnorm``: a BatchNorm before it, as the SEC authors' head), or with insightface's face
+            head (``embedding_head="face"``: BatchNorm, Dropout(``embedding_dropout``), Linear, BatchNorm).
         pretrained: ResNets with torchvision's stem and 3 channels: start from the ImageNet weights
             (:func:`imagenet_state_dict`); the embedding layer stays randomly initialized. Not part of a saved
             backbone's spec: a saved file holds its trained weights, and rebuilding it downloads nothing.
@@ -101,7 +119,7 @@ def build_backbone(
     """
     if embedding_dim is not None:
         trunk = build_backbone(name, in_channels, cifar_stem, pretrained=pretrained)
-        return Embedder(trunk, embedding_dim, embedding_batchnorm)
+        return Embedder(trunk, embedding_dim, embedding_batchnorm, embedding_head, embedding_dropout)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if in_channels not in (1, 3):

@@ -13,7 +13,7 @@ def test_every_shipped_config_loads_with_sec_on(path):
     assert config.method in path.stem or (config.method, path.stem[:4]) == ("metric", "dml_")
     assert config.output_dir == f"runs/{path.stem}"
     # the SEC authors ramp the weight up in their SSL code, not in their metric-learning code
-    schedule = "constant" if config.method == "metric" else "linear"
+    schedule = "constant" if config.method in ("metric", "face") else "linear"
     assert config.loss.sec_weight > 0 and config.loss.sec_schedule == schedule
     data = config.data
     if data.train_classes is not None:  # class-disjoint metric learning: every class in one split, validation inside

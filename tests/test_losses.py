@@ -283,7 +283,7 @@ def test_weight_zero_is_exactly_the_wrapped_pml_loss_value_and_gradient():
 
 def test_sec_term_of_a_two_view_lightly_loss_is_its_formula():
     z0, z1 = _embeddings(seed=3).requires_grad_(), _embeddings(seed=4).requires_grad_()
-    out = WithSEC(NTXentLoss(temperature=0.5), sec_weight=0.6, norm_penalty_weight=0.02)(z0, z1)
+    out = WithSEC(NTXentLoss(temperature=0.5), sec_weight=0.6, norm_penalty_weight=0.02, embedding_args=(0, 1))(z0, z1)
     sec, penalty = _sec_by_hand(z0, z1)
     assert torch.allclose(out.sec, sec)
     assert torch.allclose(out.total, NTXentLoss(temperature=0.5)(z0, z1) + 0.6 * sec + 0.02 * penalty)
@@ -319,7 +319,7 @@ def test_the_sec_gradient_is_radial_it_moves_norms_not_directions():
 
 def test_sec_is_taken_over_the_arguments_that_carry_gradient_else_all():
     x0, x1 = _embeddings(seed=7).requires_grad_(), _embeddings(seed=8) * 10
-    loss_fn = WithSEC(NegativeCosineSimilarity(), sec_weight=1.0)
+    loss_fn = WithSEC(NegativeCosineSimilarity(), sec_weight=1.0, embedding_args=(0, 1))
     assert torch.allclose(loss_fn(x0, x1).sec, _sec_by_hand(x0)[0])
     assert torch.allclose(loss_fn(x1, x0).sec, _sec_by_hand(x0)[0])
     assert torch.allclose(loss_fn(x0.detach(), x1).sec, _sec_by_hand(x0, x1)[0])  # e.g. under no_grad
@@ -338,6 +338,24 @@ def test_arcface_class_weights_are_parameters_and_state_of_the_wrapper():
     assert torch.equal(restored.loss.W, loss_fn.loss.W)
 
 
+@pytest.mark.parametrize("by_keyword", [False, True], ids=["positional", "keyword"])
+@pytest.mark.parametrize("embedding_args", [(0, "embeddings"), (0, "embeddings", 3, "ref_emb")],
+                         ids=["embeddings", "and_ref_emb"])
+def test_pml_ref_emb_is_regularized_only_when_named_by_position_or_keyword(by_keyword, embedding_args):
+    """pml's ``ref_emb`` (4th argument) carries gradient; SEC takes it only if ``embedding_args`` names it."""
+    embeddings, labels = _embeddings(n=12, seed=21).requires_grad_(), _labels(n=12, classes=4)
+    ref_emb, ref_labels = (_embeddings(n=8, seed=22) * 3).requires_grad_(), _labels(n=8, classes=4)
+    loss_fn = WithSEC(TripletMarginLoss(margin=0.2), sec_weight=1.0, embedding_args=embedding_args)
+    if by_keyword:
+        out = loss_fn(embeddings=embeddings, labels=labels, ref_emb=ref_emb, ref_labels=ref_labels)
+    else:
+        out = loss_fn(embeddings, labels, None, ref_emb, ref_labels)
+    regularized = (embeddings, ref_emb) if len(embedding_args) > 2 else (embeddings,)
+    assert torch.allclose(out.sec, _sec_by_hand(*regularized)[0])
+    assert torch.allclose(out.total, TripletMarginLoss(margin=0.2)(embeddings, labels, None, ref_emb, ref_labels)
+                          + _sec_by_hand(*regularized)[0])
+
+
 @pytest.mark.parametrize(
     "loss", [NTXentLoss(temperature=0.5), DCLLoss(temperature=0.5), DCLWLoss(temperature=0.5),
              NegativeCosineSimilarity(), HypersphereLoss()],
@@ -345,7 +363,7 @@ def test_arcface_class_weights_are_parameters_and_state_of_the_wrapper():
 )
 def test_every_lightly_two_view_loss_trains_inside_withsec(loss):
     z0, z1 = _embeddings(seed=9).requires_grad_(), _embeddings(seed=10).requires_grad_()
-    out = WithSEC(loss, sec_weight=0.5)(z0, z1)
+    out = WithSEC(loss, sec_weight=0.5, embedding_args=(0, 1))(z0, z1)
     out.total.backward()
     assert torch.allclose(out.total - out.contrastive, 0.5 * _sec_by_hand(z0, z1)[0])
     assert torch.isfinite(z0.grad).all() and torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
@@ -354,8 +372,12 @@ def test_every_lightly_two_view_loss_trains_inside_withsec(loss):
 def test_a_loss_without_a_scalar_or_without_embeddings_is_a_clear_error():
     with pytest.raises(TypeError, match="returns a scalar tensor; CosineSimilarity returned shape \\(16,\\)"):
         WithSEC(torch.nn.CosineSimilarity())(_embeddings(seed=1), _embeddings(seed=2))
-    with pytest.raises(ValueError, match="no 2-D floating-point tensor among the positional arguments"):
-        WithSEC(TripletMarginLoss())(embeddings=_embeddings(), labels=_labels())
+    with pytest.raises(ValueError, match="regularizes the arguments \\(0, 'embeddings'\\), none of which was given"):
+        WithSEC(TripletMarginLoss())(ref_emb=_embeddings(), labels=_labels())
+    with pytest.raises(ValueError, match="argument 1 \\(embedding_args\\) must be a floating-point tensor"):
+        WithSEC(TripletMarginLoss(), embedding_args=(0, 1))(_embeddings(), _labels())
+    with pytest.raises(ValueError, match="embedding_args must name"):
+        WithSEC(TripletMarginLoss(), embedding_args=())
     with pytest.raises(ValueError, match="NaN or Inf"):
         WithSEC(TripletMarginLoss())(torch.full((4, 2), float("nan")), _labels(4, 2))
 

@@ -85,10 +85,10 @@ def test_simclr_embeds_both_views_in_one_batch_norm_pass():
 def test_the_registry_ties_each_name_to_its_views_and_head():
     from sslsec.augment import MetricAugment
 
-    assert list(METHODS) == ["simclr", "moco", "metric"]
-    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, MetricAugment]
-    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 1]
-    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, metric"):
+    assert list(METHODS) == ["simclr", "moco", "metric", "face"]
+    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, MetricAugment, MetricAugment]
+    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 1, 1]
+    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, metric, face"):
         build_projection_head("byol", 8)
 
 

@@ -1,5 +1,6 @@
-"""The SEC paper's deep-metric-learning table: every loss x none / L2 / SEC over seeds, each regularizer's weight
-chosen on the validation split first::
+"""The SEC paper's deep-metric-learning and face tables: every loss x none / L2 / SEC over seeds, each regularizer's
+weight chosen on the validation split first (retrieval MAP@R for ``method: metric``, verification accuracy for
+``method: face``, :data:`CRITERIA`)::
 
     results = run_metric_study("configs/dml_fmnist.yaml", ["triplet", "npair"], seeds=3,
                                overrides=["output_dir=runs/dml_table", "data.train_limit=2000"])
@@ -9,7 +10,7 @@ For each loss (``metric.loss=LOSS``, all runs in ``{output_dir}/{LOSS}``):
 
 1. the weights: the variant ``sec`` at each weight of ``weights["sec"]`` (``loss.sec_weight``) and ``l2`` at each of
    ``weights["l2"]`` (``loss.norm_penalty_weight``), seed 0, each a one-seed :func:`~sslsec.analysis.study.run_study`
-   in ``choice/{variant}_{weight}``; the weight with the highest validation MAP@R wins (the first on a tie);
+   in ``choice/{variant}_{weight}``; the weight with the highest validation score wins (the first on a tie);
 2. the table: :func:`~sslsec.analysis.study.run_study` of the variants over ``seeds`` at the chosen weights (``sec_ema``
    takes the SEC weight). A chosen weight's seed-0 run is the table's seed-0 run of that variant (the same
    config): it is linked there, not trained again.
@@ -22,21 +23,44 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from accelerate import PartialState
 
 from sslsec.analysis.choices import METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 from sslsec.analysis.diagnostics import matplotlib_figure
 from sslsec.analysis.scoring import evaluation
-from sslsec.analysis.study import StudyError, by_variant, mean_std, plot_curves, run_study, study_dir, weight_cell
+from sslsec.analysis.study import (MONITORS, StudyError, by_variant, mean_std, plot_curves, run_study, study_dir,
+                                   weight_cell)
 from sslsec.config import load_config
 
 DEFAULT_LOSSES, DEFAULT_VARIANTS, DEFAULT_WEIGHTS = METRIC_DEFAULT_LOSSES, METRIC_DEFAULT_VARIANTS, METRIC_DEFAULT_WEIGHTS
 WEIGHT_KEYS = {"sec": "loss.sec_weight", "l2": "loss.norm_penalty_weight"}
-CHOICE_SCORE = "val_map_at_r"
-TABLE = (("recall_at_1", "test R@1", 2), ("map_at_r", "test MAP@R", 2), ("nmi", "test NMI", 2),
-         ("val_map_at_r", "val MAP@R", 2), ("norm_std_over_mean", "norm std/mean", 3))
+
+
+class Criterion(NamedTuple):
+    """How a table of one kind of :attr:`~sslsec.methods.Method.evaluation` chooses and reports: the row key of its
+    validation score, that score's title, the table's ``(key, title, digits)`` columns, and what the test scores."""
+
+    choice: str
+    title: str
+    table: Tuple[Tuple[str, str, int], ...]
+    test: str
+
+
+CRITERIA = {
+    "retrieval": Criterion("val_map_at_r", "MAP@R",
+                           (("recall_at_1", "test R@1", 2), ("map_at_r", "test MAP@R", 2), ("nmi", "test NMI", 2),
+                            ("val_map_at_r", "val MAP@R", 2), ("norm_std_over_mean", "norm std/mean", 3)),
+                           "retrieval on the test classes (never trained on) and on the validation split"),
+    "verification": Criterion("val_verification_accuracy", "verification accuracy",
+                              (("verification_accuracy", "test acc", 2), ("val_at_far", "test VAL@FAR", 2),
+                               ("val_verification_accuracy", "val acc", 2), ("val_val_at_far", "val VAL@FAR", 2),
+                               ("norm_std_over_mean", "norm std/mean", 3)),
+                              "verification of pairs of test identities (never trained on) and of the validation "
+                              "split"),
+}
+CHOICE_SCORE, TABLE = CRITERIA["retrieval"].choice, CRITERIA["retrieval"].table  # metric learning's, as before
 PLOT_FILE = "metric_study_recall.png"
 
 
@@ -54,6 +78,7 @@ def run_metric_study(config_path: Optional[Union[str, Path]], losses: Sequence[s
     """
     base = load_config(config_path, overrides)
     _check_table(config_path, base, losses, seeds, weights, overrides)
+    criterion = CRITERIA[evaluation(base.method)]
     output_dir = study_dir(base, overrides)
     state = PartialState()  # several processes: all train, the main one links and writes
     log = log if state.is_main_process else (lambda message: None)
@@ -61,8 +86,8 @@ def run_metric_study(config_path: Optional[Union[str, Path]], losses: Sequence[s
     for loss in losses:
         loss_dir = output_dir / loss
         loss_overrides = [*overrides, f"metric.loss={loss}"]
-        log(f"== {loss}: choosing {', '.join(weights)} weights on validation MAP@R (seed 0)")
-        chosen, choice = choose_weights(config_path, loss_dir, weights, loss_overrides, log)
+        log(f"== {loss}: choosing {', '.join(weights)} weights on validation {criterion.title} (seed 0)")
+        chosen, choice = choose_weights(config_path, loss_dir, weights, loss_overrides, log, criterion.choice)
         for variant, weight in chosen.items():
             if variant in variants and state.is_main_process:
                 _link_run(loss_dir / f"{variant}_seed0", _choice_dir(loss_dir, variant, weight) / f"{variant}_seed0")
@@ -81,10 +106,10 @@ def run_metric_study(config_path: Optional[Union[str, Path]], losses: Sequence[s
 
 
 def choose_weights(config_path: Optional[Union[str, Path]], loss_dir: Path, weights: Mapping[str, Sequence[float]],
-                   overrides: Sequence[str], log: Callable[[str], None] = print
+                   overrides: Sequence[str], log: Callable[[str], None] = print, score: str = CHOICE_SCORE
                    ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
-    """``({variant: the weight of highest validation MAP@R}, the rows of every seed-0 run)``; the run of variant
-    ``v`` at weight ``w`` is a one-seed study in ``loss_dir/choice/{v}_{w}``."""
+    """``({variant: the weight of highest validation score (the row key score: MAP@R)}, the rows of every seed-0
+    run)``; the run of variant ``v`` at weight ``w`` is a one-seed study in ``loss_dir/choice/{v}_{w}``."""
     chosen, rows = {}, []
     for variant, candidates in weights.items():
         scored = []
@@ -93,7 +118,7 @@ def choose_weights(config_path: Optional[Union[str, Path]], loss_dir: Path, weig
                                                           f"output_dir={_choice_dir(loss_dir, variant, weight)}"],
                               log=log)
             rows.append(row)
-            scored.append((row[CHOICE_SCORE], -len(scored), weight))  # the first weight wins a tie
+            scored.append((row[score], -len(scored), weight))  # the first weight wins a tie
         chosen[variant] = max(scored)[2]
     return chosen, rows
 
@@ -101,13 +126,14 @@ def choose_weights(config_path: Optional[Union[str, Path]], loss_dir: Path, weig
 def _check_table(config_path: Optional[Union[str, Path]], base: Any, losses: Sequence[str], seeds: int,
                  weights: Mapping[str, Sequence[float]], overrides: Sequence[str]) -> None:
     """Refuse, before any work, a table that cannot be chosen on validation or names an unknown loss or weight."""
-    if evaluation(base.method) != "retrieval":
-        raise StudyError(f"the metric-learning table scores retrieval; method={base.method} is scored by "
-                         f"{evaluation(base.method)}: use a method: metric config "
-                         "(configs/dml_fmnist.yaml)")
+    kind = evaluation(base.method)
+    if kind not in CRITERIA:
+        raise StudyError(f"the metric-learning table scores retrieval or verification; method={base.method} is "
+                         f"scored by {kind}: use a method: metric or face config (configs/dml_fmnist.yaml, "
+                         "configs/face_fmnist.yaml)")
     if base.data.val_size is None and base.data.val_classes is None:
-        raise StudyError("the weights are chosen on validation MAP@R, but the config has no validation split: set "
-                         "data.val_size (images) or data.val_classes (whole classes)")
+        raise StudyError(f"the weights are chosen on validation {CRITERIA[kind].title}, but the config has no "
+                         "validation split: set data.val_size (images) or data.val_classes (whole classes)")
     unknown = [variant for variant in weights if variant not in WEIGHT_KEYS]
     if not losses or seeds < 1 or unknown or not all(weights.values()):
         raise StudyError(f"the table needs losses, seeds >= 1 and candidate weights of {' and '.join(WEIGHT_KEYS)} "
@@ -138,25 +164,26 @@ def _link_run(link: Path, target: Path) -> None:
 
 
 def summarize_metric_study(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: the validation MAP@R of every candidate weight and the chosen ones, then per loss x variant the test
-    Recall@1, MAP@R, NMI, validation MAP@R (%) and the test embeddings' norm std/mean, mean ± std over seeds."""
+    """Markdown: the validation score (MAP@R, or verification accuracy for face recognition) of every candidate
+    weight and the chosen ones, then per loss x variant the test and validation scores (%) and the test embeddings'
+    norm std/mean, mean ± std over seeds."""
     rows = [row for result in results.values() for row in result["rows"]]
+    criterion = CRITERIA[evaluation(rows[0]["method"])]
     candidates = list(dict.fromkeys(_candidate(row) for result in results.values() for row in result["choice"]))
-    lines = ["Weights chosen on validation MAP@R (%, seed 0):", "",
+    lines = [f"Weights chosen on validation {criterion.title} (%, seed 0):", "",
              "| loss | " + " | ".join(candidates) + " | chosen |", "|---|" + "---:|" * len(candidates) + "---|"]
     for loss, result in results.items():
-        scores = {_candidate(row): f"{row[CHOICE_SCORE]:.2f}" for row in result["choice"]}
+        scores = {_candidate(row): f"{row[criterion.choice]:.2f}" for row in result["choice"]}
         lines.append(f"| {loss} | " + " | ".join(scores.get(name, "") for name in candidates)
                      + f" | {_describe(result['weights'])} |")
     seeds = sorted({row["seed"] for row in rows})
-    lines += ["", f"{rows[0]['method']} on {rows[0]['dataset']}, seeds {', '.join(map(str, seeds))}: retrieval on the "
-              "test classes (never trained on) and on the validation split, % (mean ± std over seeds), and the "
-              "norm std/mean of the test embeddings.", "",
-              "| loss | variant | weight | " + " | ".join(title for _, title, _ in TABLE) + " |",
-              "|---|---|---:|" + "---:|" * len(TABLE)]
+    lines += ["", f"{rows[0]['method']} on {rows[0]['dataset']}, seeds {', '.join(map(str, seeds))}: {criterion.test}, "
+              "% (mean ± std over seeds), and the norm std/mean of the test embeddings.", "",
+              "| loss | variant | weight | " + " | ".join(title for _, title, _ in criterion.table) + " |",
+              "|---|---|---:|" + "---:|" * len(criterion.table)]
     for loss, result in results.items():
         for variant, group in by_variant(result["rows"]).items():
-            cells = [mean_std([row[key] for row in group], digits) for key, _, digits in TABLE]
+            cells = [mean_std([row[key] for row in group], digits) for key, _, digits in criterion.table]
             lines.append(f"| {loss} | {variant} | {weight_cell(group[0])} | {' | '.join(cells)} |")
     seconds = list({row["run_dir"]: row["seconds"]  # a chosen seed-0 run is in both lists: count it once
                     for result in results.values() for row in [*result["choice"], *result["rows"]]}.values())
@@ -171,7 +198,8 @@ def _candidate(row: Mapping[str, Any]) -> str:
 
 def plot_metric_study(results: Mapping[str, Mapping[str, Any]], path: Union[str, Path],
                       variants: Sequence[str] = DEFAULT_VARIANTS) -> Path:
-    """One panel per loss: the validation Recall@1 per epoch of ``variants`` (mean line, min-max band over seeds)."""
+    """One panel per loss: the monitor per epoch of ``variants`` (validation Recall@1, or verification accuracy for
+    face recognition; mean line, min-max band over seeds)."""
     Figure = matplotlib_figure()
     figure = Figure(figsize=(3.2 * len(results), 3.2), layout="constrained")
     for axes, (loss, result) in zip(figure.subplots(1, len(results), squeeze=False, sharey=True)[0], results.items()):
@@ -179,6 +207,8 @@ def plot_metric_study(results: Mapping[str, Mapping[str, Any]], path: Union[str,
         axes.set_title(loss, fontsize="medium")
         if axes is not figure.axes[0]:
             axes.set_ylabel("")
-    figure.suptitle("validation Recall@1 per epoch (mean, min-max over seeds)", fontsize="medium")
+    first = next(iter(results.values()))["rows"][0]
+    figure.suptitle(f"validation {MONITORS[first.get('monitor', 'recall_at_1')].title.split(' (')[0]} per epoch (mean, min-max over "
+                    "seeds)", fontsize="medium")
     figure.savefig(path, dpi=120)
     return Path(path)

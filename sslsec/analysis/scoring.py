@@ -5,7 +5,10 @@
   and the norms of the projections of test views (saved in ``projection_norms.safetensors`` for the histograms);
 - ``retrieval`` (metric learning): Recall@K, MAP@R and NMI of the embedder on the validation split (held-out images
   of the training classes) and the test split (classes never trained on), and the norm spread of the test
-  embeddings, from the same extracted embeddings.
+  embeddings, from the same extracted embeddings;
+- ``verification`` (face recognition): verification accuracy and VAL@FAR (insightface's protocol) of pairs drawn
+  from the validation split (held-out identities or images) and the test split (identities never trained on), and
+  the norm spread of the test embeddings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from safetensors.torch import save_file
 from sslsec.analysis.diagnostics import projection_samples, summarize
 from sslsec.config import Config
 from sslsec.eval import eval_crop_size, evaluate_backbone, retrieval_scores
+from sslsec.eval.features import extract_features
+from sslsec.eval.verification import split_verification
 from sslsec.methods import build_augment, method_class
 from sslsec.models import readable_like_other_files
 from sslsec.runs import load_projection_head
@@ -61,6 +66,32 @@ def retrieval_row_scores(config: Config, run_dir: Path, backbone: Any, splits: T
     return scores
 
 
+def verification_row_scores(config: Config, run_dir: Path, backbone: Any, splits: Tuple[Any, Any, Any],
+                            accelerator: Any, diagnostics_n: int) -> Dict[str, Any]:
+    """A face-recognition run's scores: :func:`~sslsec.eval.verification.split_verification` of its embedder on
+    ``eval.verification_pairs`` pairs (drawn with ``trainer.seed``, as ``sslsec-verification``) of the test split (``verification_accuracy``, ``val_at_far``, their stds,
+    ``xnorm``) and, prefixed ``val_``, of the validation split; ``norm_mean``, ``norm_std`` and
+    ``norm_std_over_mean`` of the test embeddings (unflipped)."""
+    _, val, test = splits
+    settings = config.eval
+    options = dict(n_pairs=settings.verification_pairs, seed=config.trainer.seed, flip=settings.verification_flip,
+                   accelerator=accelerator, crop_size=eval_crop_size(config), num_workers=config.data.num_workers,
+                   n_folds=settings.verification_folds, far=settings.verification_far)
+    scores = {}
+    for prefix, split in (("", test), ("val_", val)):
+        if split is not None:
+            result = split_verification(backbone, split, **options)
+            scores.update({f"{prefix}verification_accuracy": result["accuracy"],
+                           f"{prefix}verification_accuracy_std": result["accuracy_std"],
+                           f"{prefix}val_at_far": result["val_at_far"], f"{prefix}xnorm": result["xnorm"]})
+    embeddings, _ = extract_features(backbone, test, accelerator=accelerator, crop_size=eval_crop_size(config),
+                                     num_workers=config.data.num_workers)
+    norms = embeddings.double().norm(dim=1)
+    mean, std = norms.mean().item(), norms.std(unbiased=False).item()
+    scores.update(norm_mean=mean, norm_std=std, norm_std_over_mean=std / mean)
+    return scores
+
+
 @dataclasses.dataclass(frozen=True)
 class Scorer:
     """How the study scores a finished run of a method whose :attr:`~sslsec.methods.Method.evaluation` names it.
@@ -88,6 +119,11 @@ SCORERS = {
                         (("val_recall_at_1", "val R@1", 2), ("val_map_at_r", "val MAP@R", 2),
                          ("recall_at_1", "test R@1", 2), ("map_at_r", "test MAP@R", 2), ("nmi", "test NMI", 2),
                          ("norm_std_over_mean", "norm std/mean", 3))),
+    "verification": Scorer(verification_row_scores, "verification accuracy and VAL@FAR (%) of image pairs, "
+                           "insightface's 10-fold protocol", "the test embeddings",
+                           (("val_verification_accuracy", "val acc", 2), ("val_val_at_far", "val VAL@FAR", 2),
+                            ("verification_accuracy", "test acc", 2), ("val_at_far", "test VAL@FAR", 2),
+                            ("norm_std_over_mean", "norm std/mean", 3))),
 }
 
 

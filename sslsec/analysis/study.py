@@ -62,6 +62,8 @@ class Monitor(NamedTuple):
 MONITORS = {  # key in metrics.jsonl -> Monitor
     "knn_top1": Monitor("kNN top-1 (%)", "knn_per_epoch", "study_knn.png"),  # SSL
     "recall_at_1": Monitor("Recall@1 (%)", "recall_per_epoch", "study_recall.png"),  # metric learning
+    "verification_accuracy": Monitor("verification accuracy (%)", "verification_per_epoch",  # face recognition
+                                     "study_verification.png"),
 }
 
 

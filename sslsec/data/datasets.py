@@ -366,6 +366,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         if root is None:
             raise DatasetError("imagenet_folder needs root: the folder holding train/<class>/*.JPEG and val/")
         dataset = ImageFolderDataset(root, split, image_size or 224, class_list)
+    elif name == "face_folder":
+        dataset = _load_face_folder(root, split, image_size or 112)
     elif name in _LISTED_FOLDERS:
         samples, classes, base = FOLDER_READERS[name](root)
         dataset = ImageFolderDataset.from_samples(samples, classes, root=base, split=split,
@@ -506,7 +508,37 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+FACE_FOLDER_LAYOUT = "root/train/<identity>/*.jpg (training identities) and root/test/<identity>/*.jpg (others)"
+FACE_FOLDER_SOURCE = ("extract insightface's aligned 112 x 112 faces (CASIA-WebFace, MS1M: the train.rec of "
+                      "https://github.com/deepinsight/insightface/tree/master/recognition/_datasets_) to JPEG files, "
+                      "one folder per identity, and move the identities kept for testing to test/")
+
+
+def _load_face_folder(root: str | os.PathLike | None, split: str = "train", image_size: int = 112) -> ImageFolderDataset:
+    """Face identities in folders: ``root/train/<identity>/*.jpg`` (``split="train"``) or ``root/test/...``
+    (``"test"``), each split's identities in sorted order, labelled from 0. The test identities must differ from
+    the training ones (face verification scores identities never trained on)."""
+    if root is None:
+        raise DatasetError(f"face_folder needs data.root: the folder holding {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DatasetError(f"face_folder: {folder} not found; expected {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
+    identities = _class_folders(folder)
+    if split == "test" and (Path(root) / "train").is_dir():
+        shared = sorted(set(identities) & set(_class_folders(Path(root) / "train")))
+        if shared:
+            raise DatasetError(f"face_folder: identities {_some(shared)} are in both {Path(root) / 'train'} and "
+                               f"{folder}; the test identities must be unseen in training: move them to one of the two")
+    samples = _ClassListFolder(str(folder), identities).samples if identities else []
+    if not samples:
+        raise DatasetError(f"face_folder: no .jpg files in identity folders under {folder}; expected "
+                           f"{FACE_FOLDER_LAYOUT}")
+    return ImageFolderDataset.from_samples(samples, identities, root=root, split=split, image_size=image_size,
+                                           name="face_folder")
+
+
 _IN_MEMORY_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
                       "npz": _load_npz}
 _LISTED_FOLDERS = tuple(FOLDER_READERS)  # JPEG sets that list their files (sslsec.data.folders), for metric learning
-DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS)  # the one list of names (config reads it)
+# the one list of names (config reads it)
+DATASET_NAMES = (*_IN_MEMORY_LOADERS, "imagenet_folder", *_LISTED_FOLDERS, "face_folder")

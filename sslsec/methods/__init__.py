@@ -1,4 +1,4 @@
-"""Methods: SimCLR, MoCo v2 and metric learning, each a module with its hooks, and the one registry of their names.
+"""Methods: SimCLR, MoCo v2, metric learning and face recognition, each a module with its hooks, and the one registry of their names.
 
 :data:`METHODS` maps a method's name to its class; config validation, the view presets (``Method.augment``)
 and the projection heads (``Method.projection_head``) are all looked up here::
@@ -16,6 +16,7 @@ from torch import nn
 
 from sslsec.augment import ContrastiveAugment
 from sslsec.methods.base import Method
+from sslsec.methods.face import FaceRecognition
 from sslsec.methods.metric import MetricLearning
 from sslsec.methods.moco import MoCo
 from sslsec.methods.simclr import SimCLR
@@ -23,9 +24,10 @@ from sslsec.methods.simclr import SimCLR
 if TYPE_CHECKING:
     from sslsec.config import Config
 
-METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "metric": MetricLearning}
+METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "metric": MetricLearning,
+                                    "face": FaceRecognition}
 
-__all__ = ["METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
+__all__ = ["FaceRecognition", "METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
            "method_class", "view_size"]
 
 

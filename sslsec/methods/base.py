@@ -109,27 +109,31 @@ class Method(nn.Module):
         return {}
 
     @classmethod
-    def base_loss(cls, config: Config, distributed: bool = False,
-                  num_classes: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-        """The loss that SEC wraps (:class:`WithSEC`), and the constructor arguments that come with it (a miner):
-        here the contrastive loss of ``loss.contrastive`` with the method's queue, and none."""
+    def build_head(cls, config: Config, backbone: nn.Module) -> nn.Module:
+        """The projection head on ``backbone``'s features: ``projection_head`` at the config's widths."""
+        return cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
+                                   output_dim=config.model.projection_dim)
+
+    @classmethod
+    def build_criterion(cls, config: Config, distributed: bool = False, num_classes: Optional[int] = None) -> WithSEC:
+        """The loss with SEC: the contrastive loss (negatives gathered over processes if ``distributed``) on the
+        projections of both views, SEC on those of them that carry gradient."""
         loss = config.loss
-        return contrastive_loss(loss.contrastive, loss.temperature, cls.memory_bank_size(config),
-                                gather_distributed=distributed), {}
+        contrastive = contrastive_loss(loss.contrastive, loss.temperature, cls.memory_bank_size(config),
+                                       gather_distributed=distributed)
+        return WithSEC(contrastive, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
+                       norm_penalty_weight=loss.norm_penalty_weight, embedding_args=(0, 1))
 
     @classmethod
     def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
                     num_classes: Optional[int] = None) -> Method:
-        """The method that ``config`` describes, for images of ``in_channels`` and ``num_classes`` training classes
-        (for :meth:`base_loss`): backbone, :attr:`projection_head`, ``WithSEC(base_loss)`` and :meth:`options`."""
+        """The method that ``config`` describes, for images of ``in_channels``: :meth:`initial_backbone`,
+        :meth:`build_head`, :meth:`build_criterion` (``num_classes``: the training classes, for class weights)
+        and :meth:`options`; SyncBN if ``distributed`` and :meth:`sync_batchnorm`."""
         backbone = cls.initial_backbone(config, in_channels)
-        head = cls.projection_head(input_dim=backbone.feature_dim, hidden_dim=config.model.projection_hidden_dim,
-                                   output_dim=config.model.projection_dim)
-        loss = config.loss
-        base, arguments = cls.base_loss(config, distributed, num_classes)
-        criterion = WithSEC(base, sec_weight=loss.sec_weight, sec_momentum=loss.sec_momentum,
-                            norm_penalty_weight=loss.norm_penalty_weight)
-        model = cls(backbone, head, criterion, sec_schedule=loss.sec_schedule, **arguments, **cls.options(config))
+        head = cls.build_head(config, backbone)
+        criterion = cls.build_criterion(config, distributed, num_classes)
+        model = cls(backbone, head, criterion, sec_schedule=config.loss.sec_schedule, **cls.options(config))
         if distributed and cls.sync_batchnorm(config):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model

@@ -17,10 +17,11 @@ from pytorch_metric_learning import distances, losses, miners, reducers
 from torch import Tensor, nn
 
 from sslsec.augment import MetricAugment
+from sslsec.choices import CLASS_WEIGHT_METRIC_LOSSES
 from sslsec.eval.features import extract_features
 from sslsec.eval.features import eval_crop_size
 from sslsec.eval.retrieval import retrieval_metrics
-from sslsec.losses import SECLossOutput, WithSEC
+from sslsec.losses import SECLossOutput, WithSEC, gather_batch
 from sslsec.methods.base import Method
 
 if TYPE_CHECKING:
@@ -34,12 +35,13 @@ METRIC_LOSSES: Dict[str, Optional[float]] = {
     "npair": None,  # normalized N-pair: one pair per class, logits 25 x cosine (the authors' scale)
     "supcon": None,  # pml SupConLoss, temperature 0.1 (N-pair over every positive pair)
     "multi_similarity": 0.1,  # pml MultiSimilarityLoss (alpha 2, beta 40, base 0.5) and its miner's epsilon
-    "normface": None,  # pml NormalizedSoftmaxLoss, temperature 0.05: class weights
+    "normface": None,  # pml NormalizedSoftmaxLoss, temperature 0.05 (scale 20): class weights
     "cosface": 0.35,  # pml CosFaceLoss, scale 64: class weights
-    "arcface": 28.6,  # pml ArcFaceLoss (margin in degrees), scale 64: class weights
+    "arcface": 28.6,  # pml ArcFaceLoss (margin in degrees: 0.5 rad), scale 64: class weights
 }
 
-CLASS_WEIGHT_LOSSES = ("normface", "cosface", "arcface")
+CLASS_WEIGHT_LOSSES = CLASS_WEIGHT_METRIC_LOSSES
+SCALES = {"normface": 20.0, "cosface": 64.0, "arcface": 64.0}  # the published logit scales s (NormFace: 1 / 0.05)
 
 
 class SemihardTripletLoss(nn.Module):
@@ -84,14 +86,18 @@ class ScaledCosineSimilarity(distances.CosineSimilarity):
         return self.scale * super().compute_mat(query_emb, ref_emb)
 
 
-def metric_loss(name: str, num_classes: int, embedding_dim: int,
-                margin: Optional[float] = None) -> Tuple[nn.Module, Optional[nn.Module]]:
-    """The loss ``name`` of :data:`METRIC_LOSSES` and its miner (None for most), at ``margin`` or the default."""
+def metric_loss(name: str, num_classes: int, embedding_dim: int, margin: Optional[float] = None,
+                scale: Optional[float] = None) -> Tuple[nn.Module, Optional[nn.Module]]:
+    """The loss ``name`` of :data:`METRIC_LOSSES` and its miner (None for most), at ``margin`` or the default;
+    class-weight losses at the logit ``scale`` or the published one (:data:`SCALES`)."""
     if name not in METRIC_LOSSES:
         raise ValueError(f"unknown metric loss {name!r}; choose one of {', '.join(METRIC_LOSSES)}")
     m = METRIC_LOSSES[name] if margin is None else margin
     if name in CLASS_WEIGHT_LOSSES and num_classes < 1:
         raise ValueError(f"{name} keeps one weight per class: give the number of training classes")
+    if scale is not None and name not in CLASS_WEIGHT_LOSSES:
+        raise ValueError(f"scale applies to {', '.join(CLASS_WEIGHT_LOSSES)}, not {name}")
+    s = SCALES.get(name) if scale is None else scale
     if name == "contrastive":
         return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=m), None
     if name == "triplet":
@@ -106,12 +112,19 @@ def metric_loss(name: str, num_classes: int, embedding_dim: int,
     if name == "supcon":
         return losses.SupConLoss(temperature=0.1), None
     if name == "multi_similarity":
-        return losses.MultiSimilarityLoss(alpha=2, beta=40, base=0.5), miners.MultiSimilarityMiner(epsilon=m)
+        return losses.MultiSimilarityLoss(alpha=2, beta=40, base=0.5), metric_miner(name, m)
     if name == "normface":
-        return losses.NormalizedSoftmaxLoss(num_classes, embedding_dim, temperature=0.05), None
+        return losses.NormalizedSoftmaxLoss(num_classes, embedding_dim, temperature=1 / s), None
     if name == "cosface":
-        return losses.CosFaceLoss(num_classes, embedding_dim, margin=m, scale=64), None
-    return losses.ArcFaceLoss(num_classes, embedding_dim, margin=m, scale=64), None
+        return losses.CosFaceLoss(num_classes, embedding_dim, margin=m, scale=s), None
+    return losses.ArcFaceLoss(num_classes, embedding_dim, margin=m, scale=s), None
+
+
+def metric_miner(name: str, margin: Optional[float] = None) -> Optional[nn.Module]:
+    """The miner that the loss ``name`` takes its pairs from: multi-similarity's (epsilon ``margin``), else None."""
+    if name != "multi_similarity":
+        return None
+    return miners.MultiSimilarityMiner(epsilon=METRIC_LOSSES[name] if margin is None else margin)
 
 
 class NoHead(nn.Identity):
@@ -126,7 +139,9 @@ class MetricLearning(Method):
 
     SEC and the L2 penalty act on the unnormalized embeddings that the loss normalizes inside. Class-weight losses
     (NormFace, CosFace, ArcFace) keep their weights in ``criterion``: optimized, checkpointed and resumed with
-    the model. The loss runs in float32 outside autocast.
+    the model. The loss runs in float32 outside autocast. Under ``torch.distributed`` the loss (and the miner)
+    sees the global batch (:func:`~sslsec.losses.gather_batch`): pairs and triplets are mined across processes,
+    and the class weights see every embedding, so a step on W processes is the step on one over their batches.
 
     Shapes:
         view (N, C, H, W) normalized, labels (N,) int64 -> :class:`SECLossOutput`.
@@ -138,7 +153,7 @@ class MetricLearning(Method):
     evaluation = "retrieval"
 
     def __init__(self, backbone: nn.Module, head: nn.Module, criterion: WithSEC, sec_schedule: str = "constant", *,
-                 miner: Optional[nn.Module] = None, images_per_class: int = 3,
+                 miner: Optional[nn.Module] = None, images_per_class: Optional[int] = 3,
                  backbone_lr_scale: float = 1.0) -> None:
         super().__init__(backbone, head, criterion, sec_schedule)
         self.miner, self.images_per_class, self.backbone_lr_scale = miner, images_per_class, backbone_lr_scale
@@ -146,7 +161,7 @@ class MetricLearning(Method):
     def forward(self, view: Tensor, labels: Tensor) -> SECLossOutput:
         embeddings = self.backbone(view)
         with torch.autocast(embeddings.device.type, enabled=False):
-            embeddings = embeddings.float()
+            embeddings, labels = gather_batch(embeddings.float(), labels)
             indices = self.miner(embeddings, labels) if self.miner is not None else None
             return self.criterion(embeddings, labels, indices)
 
@@ -164,24 +179,27 @@ class MetricLearning(Method):
 
     @classmethod
     def backbone_spec(cls, config: Config, in_channels: int) -> Dict[str, Any]:
-        return {**super().backbone_spec(config, in_channels), "embedding_dim": config.model.embedding_dim,
+        spec = {**super().backbone_spec(config, in_channels), "embedding_dim": config.model.embedding_dim,
                 "embedding_batchnorm": config.model.embedding_batchnorm}
+        if config.model.embedding_head != "linear":  # the spec of a linear head stays what it was
+            spec.update(embedding_head=config.model.embedding_head, embedding_dropout=config.model.embedding_dropout)
+        return spec
+
+    @classmethod
+    def build_head(cls, config: Config, backbone: nn.Module) -> nn.Module:
+        """None: the embedding layer is part of the backbone (:class:`~sslsec.models.Embedder`)."""
+        return NoHead()
+
+    @classmethod
+    def build_criterion(cls, config: Config, distributed: bool = False, num_classes: Optional[int] = None) -> WithSEC:
+        """``metric.loss`` (class weights for ``num_classes``) with SEC on the embeddings, its first argument."""
+        loss, _ = metric_loss(config.metric.loss, num_classes or 0, config.model.embedding_dim,
+                              config.metric.margin, config.metric.scale)
+        return WithSEC(loss, sec_weight=config.loss.sec_weight, sec_momentum=config.loss.sec_momentum,
+                       norm_penalty_weight=config.loss.norm_penalty_weight, embedding_args=(0,))
 
     @classmethod
     def options(cls, config: Config) -> Dict[str, Any]:
         return {"images_per_class": config.metric.images_per_class,
+                "miner": metric_miner(config.metric.loss, config.metric.margin),
                 "backbone_lr_scale": config.metric.backbone_lr_scale}
-
-    @classmethod
-    def from_config(cls, config: Config, in_channels: int, distributed: bool = False,
-                    num_classes: Optional[int] = None) -> Method:
-        backbone = cls.initial_backbone(config, in_channels)
-        loss, miner = metric_loss(config.metric.loss, num_classes or 0, config.model.embedding_dim,
-                                  config.metric.margin)
-        criterion = WithSEC(loss, sec_weight=config.loss.sec_weight, sec_momentum=config.loss.sec_momentum,
-                            norm_penalty_weight=config.loss.norm_penalty_weight)
-        model = cls(backbone, NoHead(), criterion, sec_schedule=config.loss.sec_schedule, miner=miner,
-                    **cls.options(config))
-        if distributed and cls.sync_batchnorm(config):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model

@@ -79,7 +79,7 @@ def test_the_summary_shows_every_candidate_weight_and_mean_std_over_seeds():
 
 def test_a_table_that_cannot_be_chosen_on_validation_is_refused_before_any_work(metric_overrides, tmp_path):
     study = tmp_path / "study"
-    with pytest.raises(StudyError, match="scores retrieval; method=simclr"):
+    with pytest.raises(StudyError, match="scores retrieval or verification; method=simclr"):
         run_metric_study(ROOT / "configs" / "simclr_fmnist.yaml", ["triplet"], 1, [f"output_dir={study}"])
     no_val = [*metric_overrides(study), "data.val_classes=null"]
     with pytest.raises(StudyError, match="no validation split: set data.val_size"):
@@ -98,3 +98,27 @@ def test_the_command_line_refuses_weights_that_are_not_numbers(tmp_path, capsys)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "sslsec-metric-study: error: --sec-weights takes comma-separated numbers" in err
+
+
+@pytest.mark.slow
+def test_the_face_table_chooses_weights_on_validation_verification_accuracy(six_classes, tmp_path):
+    """method: face: the weight of best validation verification accuracy (pairs of held-out identities) wins, and
+    the table reports test verification accuracy, VAL@FAR and the norm spread."""
+    overrides = ["method=face", "metric.loss=cosface", "data.name=npz", f"data.root={six_classes}",
+                 "data.train_classes=[0,1,2,3]", "data.val_classes=[2,3]", "data.test_classes=[4,5]",
+                 "model.backbone=small_cnn", "model.embedding_dim=16", "model.embedding_head=face",
+                 "trainer.batch_size=8", "trainer.epochs=1", "trainer.eval_every=1", "optim.name=adam",
+                 "optim.lr=1e-3", "optim.warmup_epochs=0", "trainer.mixed_precision=no", "eval.verification_pairs=24",
+                 "eval.verification_folds=2", f"output_dir={tmp_path}"]
+    results = run_metric_study(None, ["cosface"], 1, overrides, weights={"sec": (0.1, 1.0), "l2": (0.01,)},
+                               log=lambda line: None)
+    result = results["cosface"]
+    choice = {(row["variant"], row["norm_penalty_weight"] or row["sec_weight"]): row for row in result["choice"]}
+    best_sec = max((0.1, 1.0), key=lambda w: (choice[("sec", w)]["val_verification_accuracy"], -w))
+    assert result["weights"] == {"sec": best_sec, "l2": 0.01}
+    for row in result["rows"]:
+        assert 0 <= row["verification_accuracy"] <= 100 and 0 <= row["val_at_far"] <= 100
+        assert row["monitor"] == "verification_accuracy" and row["norm_std_over_mean"] > 0
+    table = (tmp_path / "metric_study.md").read_text()
+    assert "Weights chosen on validation verification accuracy" in table
+    assert "| loss | variant | weight | test acc | test VAL@FAR | val acc | val VAL@FAR | norm std/mean |" in table

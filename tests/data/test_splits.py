@@ -55,6 +55,14 @@ def test_class_choice_gives_disjoint_relabelled_training_validation_and_test_cla
 @pytest.mark.parametrize("overrides, message", [
     (["data.train_classes=[0,1]", "data.test_classes=[1,2]"], "share classes \\[1\\]"),
     (["data.val_classes=[0]", "data.val_size=4"], "not both"),
+    (["data.train_classes=[0,1]", "data.val_classes=[2]", "data.test_classes=[2,3]"],
+     "data.val_classes and data.test_classes share classes \\[2\\]"),
+    (["data.val_classes=[2]", "data.test_classes=[3,4]"], "data.test_classes without data.train_classes trains on"),
+    (["data.test_classes=[3,4]"], "data.test_classes without data.train_classes trains on every class"),
+    (["data.train_classes=[0,1]"], "data.train_classes without data.test_classes tests on every class"),
+    (["data.val_classes=[1]"], "data.val_classes without data.test_classes tests on every class"),
+    (["data.name=cub200", "data.train_classes=[0,1]"], "cub200 reads the same images for training and testing"),
+    (["data.name=cars196"], "set both data.train_classes and data.test_classes"),
 ])
 def test_overlapping_or_doubled_class_choices_are_refused(overrides, message):
     from sslsec.config import ConfigError
@@ -64,9 +72,9 @@ def test_overlapping_or_doubled_class_choices_are_refused(overrides, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.train_classes=[0,1]", "data.val_classes=[2]"], "must be among the training classes"),
-    (["data.train_classes=[0,7]"], "in \\[0, 3\\)"),
-    (["data.test_classes=[1,1]"], "distinct"),
+    (["data.train_classes=[0]", "data.val_classes=[1]", "data.test_classes=[2]"], "must be among the training classes"),
+    (["data.train_classes=[0,7]", "data.test_classes=[1]"], "in \\[0, 3\\)"),
+    (["data.train_classes=[0]", "data.test_classes=[1,1]"], "distinct"),
 ])
 def test_class_choices_that_do_not_fit_the_data_are_one_error(npz_root, overrides, message):
     with pytest.raises(DatasetError, match=message):
