@@ -368,7 +368,8 @@ class SymmetricCosine(nn.Module):
             _check_embeddings(tensor, name, finite=False)
         if not p0.shape == p1.shape == z0.shape == z1.shape:
             raise ValueError(f"p0, p1, z0, z1 must have one shape (N, D), got {tuple(p0.shape)}, {tuple(p1.shape)}, "
-                             f"{tuple(z0.shape)}, {tuple(z1.shape)}: the predictor's output_dim must be the projection's")
+                             f"{tuple(z0.shape)}, {tuple(z1.shape)}: the predictor's output_dim must be the "
+                             "projection's")
         return self.weight * (self.cosine(p0, z1) + self.cosine(p1, z0)) + self.offset
 
     def extra_repr(self) -> str:

@@ -472,7 +472,8 @@ def test_sec_around_the_symmetric_cosine_regularizes_both_predictions_and_not_th
     loss_fn = WithSEC(SymmetricCosine(), sec_weight=1.0, norm_penalty_weight=0.5, embedding_args=(0, 1))
     out = loss_fn(p0, p1, z0, z1)
     norms = torch.cat([p0, p1]).detach().norm(dim=1)  # both views' predictions, each once
-    assert torch.allclose(out.norm_mean, norms.mean()) and torch.allclose(out.sec, (norms - norms.mean()).square().mean())
+    assert torch.allclose(out.norm_mean, norms.mean())
+    assert torch.allclose(out.sec, (norms - norms.mean()).square().mean())
     plain = SymmetricCosine()(p0, p1, z0, z1)
     assert torch.allclose(out.total, plain + out.sec + 0.5 * norms.square().mean())
     rescaled = loss_fn(p0, p1, 10 * z0, 0.1 * z1)  # the targets' norms play no part

@@ -87,7 +87,8 @@ def test_the_registry_ties_each_name_to_its_views_and_head():
     assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, SimCLRAugment, MoCoV2Augment,
                                                            MetricAugment, MetricAugment]
     assert [METHODS[name].n_views for name in METHODS] == [2, 2, 2, 2, 1, 1]
-    with pytest.raises(ValueError, match="unknown method 'swav'; choose one of simclr, moco, byol, simsiam, metric, face"):
+    with pytest.raises(ValueError, match="unknown method 'swav'; choose one of simclr, moco, byol, simsiam, metric, "
+                                         "face"):
         build_projection_head("swav", 8)
 
 

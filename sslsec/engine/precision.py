@@ -16,7 +16,8 @@ then train in the lowest choice common to them (:func:`lowest_common_precision`)
 device computes natively (fp16 on a mix of GPUs with and without bf16, fp32 on a mix of CPUs), and never differently
 on two processes (a loss scaler that skips a step on one process and not on another would split the model in two).
 Taking rank 0's choice instead would make a process whose device lacks bf16 emulate it (about 10x slower on a CPU),
-and so slow the whole run. The precision's name in the logs is :func:`precision_name`: ``fp32``, not accelerate's ``no``.
+and so slow the whole run. The precision's name in the logs is :func:`precision_name`: ``fp32``, not
+accelerate's ``no``.
 """
 
 from __future__ import annotations

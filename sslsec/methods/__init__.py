@@ -1,4 +1,5 @@
-"""Methods: SimCLR, MoCo v2, BYOL, SimSiam, metric learning and face recognition, each a module with its hooks, and the one registry of their names.
+"""Methods: SimCLR, MoCo v2, BYOL, SimSiam, metric learning and face recognition, each a module with its hooks,
+and the one registry of their names.
 
 :data:`METHODS` maps a method's name to its class; config validation, the view presets (``Method.augment``)
 and the projection heads (``Method.projection_head``) are all looked up here::
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "simsiam": SimSiam,
                                     "metric": MetricLearning, "face": FaceRecognition}
 
-__all__ = ["BYOL", "FaceRecognition", "METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "SimSiam", "build_augment", "build_method", "build_projection_head",
+__all__ = ["BYOL", "FaceRecognition", "METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "SimSiam",
+           "build_augment", "build_method", "build_projection_head",
            "method_class", "view_size"]
 
 

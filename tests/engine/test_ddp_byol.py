@@ -53,7 +53,8 @@ for method in sys.argv[2:]:
     expected = reference(*views)
     expected.total.backward()
     results[method] = {"total": total / world, "expected_total": expected.total.detach(),
-                       "norm_mean": out.norm_mean, "expected_norm_mean": expected.norm_mean, "grads": grads, "expected_grads": gradients(reference)}
+                       "norm_mean": out.norm_mean, "expected_norm_mean": expected.norm_mean,
+                       "grads": grads, "expected_grads": gradients(reference)}
 torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
 """
 
