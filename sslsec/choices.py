@@ -20,7 +20,7 @@ CONTRASTIVE_LOSSES = ("ntxent", "dcl", "dclw")  # sslsec.losses.contrastive_loss
 PROBE_SCHEDULES = ("cosine", "step")  # sslsec.eval.linear
 
 # The names of registries that hold implementations (kept equal to them by a test).
-METHOD_NAMES = ("simclr", "moco", "metric", "face")  # sslsec.methods.METHODS
+METHOD_NAMES = ("simclr", "moco", "byol", "simsiam", "metric", "face")  # sslsec.methods.METHODS
 QUEUE_METHODS = ("moco",)  # methods whose loss keeps a queue of negatives (Method.memory_bank_size > 0)
 SHARED_SPLIT_DATASETS = ("cub200", "cars196")  # "train" and "test" are the same images (sslsec.data.folders)
 DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "npz", "imagenet_folder", "cub200", "cars196", "face_folder")

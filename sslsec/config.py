@@ -63,6 +63,9 @@ class ModelConfig:
     cifar_stem: bool = True
     projection_hidden_dim: int = 2048
     projection_dim: int = 128
+    # BYOL / SimSiam: the prediction head's hidden width; None: the published shape (BYOL: projection_hidden_dim,
+    # 4096; SimSiam: a bottleneck of projection_dim / 4, 512 for 2048)
+    prediction_hidden_dim: Optional[int] = None
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes (SyncBN; SimCLR's and the SEC authors' choice)
     embedding_dim: int = 512  # metric learning: the linear embedding layer on the backbone (the SEC authors' 512)
     embedding_batchnorm: bool = False  # metric learning: BatchNorm before the embedding layer (the authors' head)
@@ -113,6 +116,13 @@ class MoCoConfig:
     queue_size: int = 4096  # 65536 for ImageNet
     # shuffle-BN across processes (one process has none to shuffle with: plain BN, silently), SyncBN, or plain BN
     batch_norm: str = "shuffle"
+
+
+@dataclass
+class BYOLConfig:
+    # the target network's EMA factor at the first step, raised to 1 along BYOL's cosine over the run
+    # (0.996 for ImageNet, the paper's; 0.99 for CIFAR, solo-learn's and lightly's benchmarks)
+    momentum: float = 0.996
 
 
 @dataclass
@@ -187,6 +197,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -391,7 +402,7 @@ def validate(config: Config) -> None:
     for key in ("loss.temperature", "optim.lr", "trainer.epochs", "trainer.batch_size",
                 "trainer.gradient_accumulation_steps", "trainer.log_every", "eval.knn_k",
                 "eval.knn_temperature", "eval.probe_epochs", "eval.probe_batch_size",
-                "eval.probe_lr", "model.projection_dim", "model.projection_hidden_dim",
+                "eval.probe_lr", "model.projection_dim", "model.projection_hidden_dim", "model.prediction_hidden_dim",
                 "moco.queue_size", "model.embedding_dim", "metric.images_per_class", "metric.backbone_lr_scale",
                 "data.val_size", "data.train_limit", "data.test_limit", "data.image_size",
                 "data.crop_size", "trainer.max_steps", "trainer.checkpoint_every_steps"):
@@ -412,6 +423,8 @@ def validate(config: Config) -> None:
     _check_face(config)
     if not 0 <= config.moco.momentum < 1:
         raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
+    if not 0 <= config.byol.momentum < 1:
+        raise ConfigError(f"byol.momentum must be in [0, 1), got {config.byol.momentum}")
 
 
 def _check_classes(data: DataConfig) -> None:

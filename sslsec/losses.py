@@ -1,8 +1,8 @@
 """Losses: the Spherical Embedding Constraint, and the ways to add it to an embedding loss.
 
 :class:`WithSEC` adds SEC to any loss module (lightly's contrastive losses, pytorch-metric-learning's
-losses); :class:`SECInfoNCE` is it around NT-Xent; :class:`SECRegularizer` is SEC in pytorch-metric-learning's
-own ``embedding_regularizer`` hook.
+losses, BYOL's and SimSiam's :class:`SymmetricCosine`); :class:`SECInfoNCE` is it around NT-Xent;
+:class:`SECRegularizer` is SEC in pytorch-metric-learning's own ``embedding_regularizer`` hook.
 
 SEC (Zhang, Li, Zhang, "Deep Metric Learning with Spherical Embedding", NeurIPS 2020,
 arXiv 2011.02785, eq. 5) pulls every embedding's norm towards one common radius ``mu``:
@@ -26,7 +26,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from lightly.loss import DCLLoss, DCLWLoss, NTXentLoss
+from lightly.loss import DCLLoss, DCLWLoss, NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules.memory_bank import MemoryBankModule
 from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import Tensor, nn
@@ -334,6 +334,46 @@ def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank
                          f"memory_bank_size={memory_bank_size}, or memory_bank_size=0")
     loss_class = DCLLoss if name == "dcl" else DCLWLoss
     return loss_class(temperature=temperature, gather_distributed=gather_distributed)
+
+
+class SymmetricCosine(nn.Module):
+    """BYOL's and SimSiam's loss: each view's prediction against the other view's target, by cosine, both ways.
+
+    ``value = weight * (D(p0, z1) + D(p1, z0)) + offset`` with ``D(p, z) = -mean_i cos(p_i, z_i)``, lightly's
+    :class:`~lightly.loss.NegativeCosineSimilarity`, which normalizes both arguments itself.
+
+    - SimSiam (Chen & He 2021, eq. 2): ``weight=0.5, offset=0``, ``L = D(p0, z1) / 2 + D(p1, z0) / 2``, in [-1, 1].
+    - BYOL (Grill et al. 2020, eq. 2 and its symmetrization): ``weight=2, offset=4``, the sum over both directions
+      of ``||p/||p|| - z/||z|| ||^2 = 2 - 2 cos(p, z)``, in [0, 8].
+
+    The targets ``z0, z1`` are taken as given: the caller detaches them (SimSiam's stop-gradient) or computes them
+    without gradient (BYOL's momentum network). Around it, ``WithSEC(SymmetricCosine(...), embedding_args=(0, 1))``
+    regularizes the norms of both views' predictions, once each.
+
+    Shapes:
+        p0, p1: (N, D) unnormalized predictions of views 0 and 1; z0, z1: (N, D) their targets -> scalar.
+
+    Example:
+        >>> loss_fn = WithSEC(SymmetricCosine(weight=0.5), sec_weight=0.1, embedding_args=(0, 1))
+        >>> out = loss_fn(p0, p1, z0.detach(), z1.detach())
+    """
+
+    def __init__(self, weight: float = 0.5, offset: float = 0.0) -> None:
+        super().__init__()
+        self.weight, self.offset = float(weight), float(offset)
+        self.cosine = NegativeCosineSimilarity()
+
+    def forward(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
+        for name, tensor in (("p0", p0), ("p1", p1), ("z0", z0), ("z1", z1)):
+            _check_embeddings(tensor, name, finite=False)
+        if not p0.shape == p1.shape == z0.shape == z1.shape:
+            raise ValueError(f"p0, p1, z0, z1 must have one shape (N, D), got {tuple(p0.shape)}, {tuple(p1.shape)}, "
+                             f"{tuple(z0.shape)}, {tuple(z1.shape)}: the predictor's output_dim must be the "
+                             "projection's")
+        return self.weight * (self.cosine(p0, z1) + self.cosine(p1, z0)) + self.offset
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, offset={self.offset}"
 
 
 class SECInfoNCE(WithSEC):

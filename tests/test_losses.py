@@ -15,6 +15,7 @@ from sslsec.losses import (
     SECInfoNCE,
     SECRegularizer,
     SphericalEmbeddingConstraint,
+    SymmetricCosine,
     WithSEC,
     contrastive_loss,
 )
@@ -450,3 +451,30 @@ def test_distributed_mu_of_a_wrapped_pml_loss_is_the_global_one():
     # each process's SEC is its rows' mean about the common mu: their average is the global SEC
     assert (results[0][1] + results[1][1]) / 2 == pytest.approx(float(sec), rel=1e-5)
     assert (results[0][4] + results[1][4]) / 2 == pytest.approx(float(sec), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight, offset", [(0.5, 0.0), (2.0, 4.0)])
+def test_symmetric_cosine_is_simsiams_and_byols_loss(weight, offset):
+    p0, p1, z0, z1 = (_embeddings(seed=seed) for seed in range(4))
+    unit = torch.nn.functional.normalize
+    if offset == 0:  # SimSiam, eq. 2: -cos(p0, z1) / 2 - cos(p1, z0) / 2, the mean over the batch
+        expected = -0.5 * ((unit(p0) * unit(z1)).sum(1).mean() + (unit(p1) * unit(z0)).sum(1).mean())
+    else:  # BYOL, eq. 2 symmetrized: the sum over both directions of ||p/|p| - z/|z| ||^2, the mean over the batch
+        expected = ((unit(p0) - unit(z1)).square().sum(1) + (unit(p1) - unit(z0)).square().sum(1)).mean()
+    assert torch.allclose(SymmetricCosine(weight, offset)(p0, p1, z0, z1), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="one shape"):
+        SymmetricCosine()(p0, p1, z0, z1[:, :4])
+
+
+def test_sec_around_the_symmetric_cosine_regularizes_both_predictions_and_not_the_targets():
+    p0, p1 = (_embeddings(seed=seed).requires_grad_() for seed in (0, 1))
+    z0, z1 = _embeddings(seed=2), _embeddings(seed=3)
+    loss_fn = WithSEC(SymmetricCosine(), sec_weight=1.0, norm_penalty_weight=0.5, embedding_args=(0, 1))
+    out = loss_fn(p0, p1, z0, z1)
+    norms = torch.cat([p0, p1]).detach().norm(dim=1)  # both views' predictions, each once
+    assert torch.allclose(out.norm_mean, norms.mean())
+    assert torch.allclose(out.sec, (norms - norms.mean()).square().mean())
+    plain = SymmetricCosine()(p0, p1, z0, z1)
+    assert torch.allclose(out.total, plain + out.sec + 0.5 * norms.square().mean())
+    rescaled = loss_fn(p0, p1, 10 * z0, 0.1 * z1)  # the targets' norms play no part
+    assert torch.allclose(rescaled.total, out.total) and torch.equal(rescaled.norm_mean, out.norm_mean)

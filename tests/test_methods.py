@@ -1,5 +1,7 @@
 """The methods: their registry, their forward passes and the step hooks the trainer calls."""
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -11,7 +13,7 @@ import sslsec.config
 from sslsec.config import load_config
 from sslsec.engine import pretrain
 from sslsec.eval import random_backbone
-from sslsec.methods import METHODS, MoCo, SimCLR, build_method, build_projection_head, method_class
+from sslsec.methods import BYOL, METHODS, MoCo, SimCLR, SimSiam, build_method, build_projection_head, method_class
 from sslsec.models import load_backbone, save_backbone
 
 
@@ -45,7 +47,7 @@ def test_loss_contrastive_picks_simclrs_lightly_loss():
     assert isinstance(build_method(_config("simclr"), in_channels=1).criterion.loss, NTXentLoss)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam"])
 def test_sync_batchnorm_is_available_to_every_method_under_several_processes(method):
     def sync_layers(model):
         return sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
@@ -85,11 +87,13 @@ def test_simclr_embeds_both_views_in_one_batch_norm_pass():
 def test_the_registry_ties_each_name_to_its_views_and_head():
     from sslsec.augment import MetricAugment
 
-    assert list(METHODS) == ["simclr", "moco", "metric", "face"]
-    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, MetricAugment, MetricAugment]
-    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 1, 1]
-    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, metric, face"):
-        build_projection_head("byol", 8)
+    assert list(METHODS) == ["simclr", "moco", "byol", "simsiam", "metric", "face"]
+    assert [METHODS[name].augment for name in METHODS] == [SimCLRAugment, MoCoV2Augment, SimCLRAugment, MoCoV2Augment,
+                                                           MetricAugment, MetricAugment]
+    assert [METHODS[name].n_views for name in METHODS] == [2, 2, 2, 2, 1, 1]
+    with pytest.raises(ValueError, match="unknown method 'swav'; choose one of simclr, moco, byol, simsiam, metric, "
+                                         "face"):
+        build_projection_head("swav", 8)
 
 
 def test_projection_heads_follow_the_methods():
@@ -243,3 +247,99 @@ def test_moco_takes_over_its_loss_memory_bank_as_a_key_queue():
     model = build_method(_config("moco"), in_channels=1)
     assert isinstance(model.criterion.loss.memory_bank, KeyQueue) and model.criterion.loss.memory_bank.size == (64, 16)
     assert set(model.criterion.state_dict()["_extra_state"]) == {"bank", "bank_ptr"}  # still checkpointed
+
+
+def _cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_byol_and_simsiam_losses_are_their_papers_formulas_with_sec_on_the_predictions(method):
+    torch.manual_seed(0)
+    model = build_method(_config(method, "loss.sec_weight=0.5"), in_channels=1)
+    if method == "byol":  # a target network apart from the online one, as after some training
+        with torch.no_grad():
+            for p in model.backbone_momentum.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    v0, v1 = _views()
+    out = model(v0, v1)
+    with torch.no_grad():  # each view through the networks alone, by hand
+        p0, p1 = (model.predictor(model.head(model.backbone(v))) for v in (v0, v1))
+        target = (lambda v: model.head_momentum(model.backbone_momentum(v))) if method == "byol" else \
+            (lambda v: model.head(model.backbone(v)))
+        t0, t1 = target(v0), target(v1)
+    if method == "byol":  # eq. 2, both directions: ||p/|p| - z'/|z'| ||^2 = 2 - 2 cos
+        expected = (2 - 2 * _cosine(p0, t1)).mean() + (2 - 2 * _cosine(p1, t0)).mean()
+    else:  # eq. 2: D(p0, z1) / 2 + D(p1, z0) / 2, D the negative cosine
+        expected = -(_cosine(p0, t1).mean() + _cosine(p1, t0).mean()) / 2
+    assert torch.allclose(out.contrastive, expected, atol=1e-6)
+    norms = torch.cat([p0, p1]).norm(dim=1)  # SEC over both views' predictions, not the targets
+    assert torch.allclose(out.norm_mean, norms.mean(), rtol=1e-5)
+    assert torch.allclose(out.sec, (norms - norms.mean()).square().mean(), rtol=1e-4)
+    assert torch.allclose(out.total, expected + 0.5 * out.sec, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_byol_and_simsiam_targets_carry_no_gradient(method):
+    """The gradient is that of the loss with the targets taken as constants (SimSiam's stop-gradient; BYOL's target
+    network is not trained), SEC included."""
+    torch.manual_seed(0)
+    model = build_method(_config(method, "loss.sec_weight=0.5", "loss.norm_penalty_weight=0.1"), in_channels=1)
+    v0, v1 = _views()
+    model(v0, v1).total.backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    z0, z1 = (model.head(model.backbone(v)) for v in (v0, v1))
+    if method == "byol":
+        with torch.no_grad():
+            z0, z1 = (model.head_momentum(model.backbone_momentum(v)) for v in (v0, v1))
+    model.criterion(model.predictor(model.head(model.backbone(v0))), model.predictor(model.head(model.backbone(v1))),
+                    z0.detach(), z1.detach()).total.backward()
+    expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and any(key.startswith("predictor.") for key in got)
+    assert not any("momentum" in key for key in got)
+    for key in got:
+        assert torch.allclose(got[key], expected[key], atol=1e-6), key
+
+
+def test_simsiam_and_byol_build_their_papers_heads():
+    simsiam = build_method(_config("simsiam", "model.projection_dim=64"), in_channels=1)
+    assert simsiam.predictor.layers[0].out_features == 16  # SimSiam's bottleneck: projection_dim / 4
+    byol = build_method(_config("byol", "byol.momentum=0.9"), in_channels=1)
+    assert byol.predictor.layers[0].out_features == 32 and byol.predictor.layers[-1].out_features == 16
+    assert byol.momentum == 0.9 and not any(p.requires_grad for p in byol.head_momentum.parameters())
+    wide = build_method(_config("byol", "model.prediction_hidden_dim=8"), in_channels=1)
+    assert wide.predictor.layers[0].out_features == 8
+    assert [type(m) for m in (simsiam, byol)] == [SimSiam, BYOL]
+
+
+def test_byol_target_momentum_follows_the_papers_cosine_and_updates_once_after_each_step():
+    model = build_method(_config("byol", "byol.momentum=0.99"), in_channels=1)
+    # tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 (BYOL, Sec. 3.2)
+    for step in (0, 25, 50, 73, 100):
+        assert model.momentum_at(step, 100) == pytest.approx(1 - 0.01 * (1 + math.cos(math.pi * step / 100)) / 2)
+    assert model.momentum_at(0, 100) == pytest.approx(0.99) and model.momentum_at(100, 100) == pytest.approx(1.0)
+
+    def shift_online():
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.add_(1.0)
+
+    def target():
+        return [p.clone() for p in model.backbone_momentum.parameters()]
+
+    shift_online()
+    before = target()
+    model.before_step(0, 10)  # before the first step there is no update to make
+    assert all(torch.equal(a, b) for a, b in zip(before, target()))
+    model.before_step(1, 10)  # the update that follows step 0, with tau_0
+    after_first = target()
+    for old, online, new in zip(before, model.backbone.parameters(), after_first):
+        assert torch.allclose(new, 0.99 * old + 0.01 * online)
+    model.before_step(1, 10)  # the same step again (skipped by the fp16 scaler): no second update
+    assert all(torch.equal(a, b) for a, b in zip(after_first, target()))
+    model.before_step(4, 10)  # the update that follows step 3, with tau_3
+    tau = model.momentum_at(3, 10)
+    assert 0.99 < tau < 1
+    for old, online, new in zip(after_first, model.backbone.parameters(), target()):
+        assert torch.allclose(new, tau * old + (1 - tau) * online)

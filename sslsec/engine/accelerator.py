@@ -6,7 +6,10 @@ to use the CPU. :func:`make_accelerator` tells it so whenever no accelerator dev
 ``ACCELERATE_USE_CPU`` is set (``accelerate launch --cpu``; tests set it), and splits the CPU cores
 between the processes instead of oversubscribing them. It also resolves ``mixed_precision="auto"``
 (and refuses fp16 on a CPU) against the device it picks, by
-:func:`sslsec.engine.precision.resolve_precision`.
+:func:`sslsec.engine.precision.resolve_precision`: each process on its own device (a launcher's
+``LOCAL_RANK`` GPU), then all of them in the lowest precision common to them
+(:func:`~sslsec.engine.precision.lowest_common_precision`), decided before the Accelerator exists, so that
+every process's Accelerator is built with the same one.
 
 DDP is told not to broadcast buffers (``broadcast_buffers=False``): by default it copies every buffer of
 rank 0 to the others before each forward, MoCo's 4096 x 128 queue included, although the queue is
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Tuple
 
 import torch
-from accelerate import Accelerator
+import torch.distributed as dist
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 
-from sslsec.engine.precision import resolve_precision
+from sslsec.engine.precision import lowest_common_precision, resolve_precision
 
 # Where launchers put the number of processes: torchrun and accelerate (WORLD_SIZE), MPI implementations (the others).
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -51,8 +55,7 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(broadcast_buffers=False)])
     reason = "accelerate's setting (accelerate launch --mixed_precision, else no)"
     if kwargs.get("mixed_precision") is not None:
-        device = "cpu" if kwargs.get("cpu") else torch.accelerator.current_accelerator()
-        kwargs["mixed_precision"], reason = resolve_precision(kwargs["mixed_precision"], device)
+        kwargs["mixed_precision"], reason = _resolve_precision(kwargs["mixed_precision"], bool(kwargs.get("cpu")))
     accelerator = Accelerator(**kwargs)
     accelerator.precision_reason = reason
     if accelerator.num_processes == 1 and "MASTER_ADDR" in os.environ and \
@@ -62,6 +65,22 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     if accelerator.device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     return accelerator
+
+
+def _resolve_precision(requested: str, cpu: bool) -> Tuple[str, str]:
+    """``(precision, reason)`` for ``requested`` on this process's device, the same on every process.
+
+    accelerate's process state (which the Accelerator takes over) joins the process group first and names the local
+    device (``cuda:LOCAL_RANK`` under a launcher). ``auto`` is resolved there, then every process takes the lowest
+    choice of all (one ``all_gather`` of the choices); an explicit precision is the same config everywhere.
+    """
+    state = PartialState(cpu=cpu)
+    choice = resolve_precision(requested, state.device)
+    if requested != "auto" or state.num_processes == 1 or not dist.is_initialized():
+        return choice
+    choices = [None] * state.num_processes
+    dist.all_gather_object(choices, choice)
+    return lowest_common_precision(choices)
 
 
 def describe_processes(accelerator: Accelerator) -> str:

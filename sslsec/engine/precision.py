@@ -10,6 +10,14 @@
 An explicit ``bf16`` on a CPU without native bf16 is kept, with one warning; an explicit ``fp16`` on a CPU is
 refused (accelerate would train in fp32 and record the run as fp16). The capability checks are small functions,
 so tests can replace them.
+
+Under several processes every one resolves ``auto`` on its own device (a launcher's ``LOCAL_RANK`` GPU), and all
+then train in the lowest choice common to them (:func:`lowest_common_precision`): mixed hardware trains in what each
+device computes natively (fp16 on a mix of GPUs with and without bf16, fp32 on a mix of CPUs), and never differently
+on two processes (a loss scaler that skips a step on one process and not on another would split the model in two).
+Taking rank 0's choice instead would make a process whose device lacks bf16 emulate it (about 10x slower on a CPU),
+and so slow the whole run. The precision's name in the logs is :func:`precision_name`: ``fp32``, not
+accelerate's ``no``.
 """
 
 from __future__ import annotations
@@ -17,13 +25,14 @@ from __future__ import annotations
 import platform
 import warnings
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from sslsec.config import ConfigError
 
-__all__ = ["cpu_description", "cpu_has_native_bf16", "cuda_has_bf16", "resolve_precision"]
+__all__ = ["cpu_description", "cpu_has_native_bf16", "cuda_has_bf16", "lowest_common_precision", "precision_name",
+           "resolve_precision"]
 
 EMULATED_BF16 = "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated, about 10x slower than fp32"
 
@@ -33,9 +42,20 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def cuda_has_bf16() -> bool:
-    """Whether the current CUDA device computes bf16 natively (compute capability 8.0 and later; ROCm)."""
-    return bool(torch.cuda.is_bf16_supported(including_emulation=False))  # emulated bf16 would be slow
+# Each precision is computed natively wherever the next one is: fp32 everywhere, fp16 on every CUDA GPU.
+PRECISION_ORDER = ("no", "fp16", "bf16")
+
+
+def cuda_has_bf16(device: Optional[Union[torch.device, str]] = None) -> bool:
+    """Whether the CUDA ``device`` (default: the current one) computes bf16 natively (compute capability 8.0 and
+    later; ROCm)."""
+    with torch.cuda.device(device):  # the process's own GPU (cuda:LOCAL_RANK), not whichever is current
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))  # emulated bf16 would be slow
+
+
+def precision_name(precision: str) -> str:
+    """The precision as the logs print it: ``fp32`` for accelerate's ``no``; ``bf16`` and ``fp16`` as they are."""
+    return "fp32" if precision == "no" else precision
 
 
 def resolve_precision(requested: str, device: Union[torch.device, str]) -> Tuple[str, str]:
@@ -55,9 +75,10 @@ def resolve_precision(requested: str, device: Union[torch.device, str]) -> Tuple
     Warns:
         UserWarning: ``bf16`` requested on a CPU without native bf16 (once per call).
     """
-    kind = torch.device(device).type
+    device = torch.device(device)
+    kind = device.type
     if requested == "auto":
-        return _auto(kind)
+        return _auto(device)
     if kind == "cpu" and requested == "fp16":
         raise ConfigError("trainer.mixed_precision=fp16 needs a GPU: on a CPU the run would train in fp32 and be "
                           "recorded as fp16; use trainer.mixed_precision=auto, bf16 or no")
@@ -68,16 +89,35 @@ def resolve_precision(requested: str, device: Union[torch.device, str]) -> Tuple
     return requested, f"trainer.mixed_precision={requested}"
 
 
-def _auto(kind: str) -> Tuple[str, str]:
+def _auto(device: torch.device) -> Tuple[str, str]:
+    kind = device.type
     if kind == "cpu":
         if cpu_has_native_bf16():
             return "bf16", "auto: this CPU computes bf16 natively"
-        return "no", f"auto: fp32, because {EMULATED_BF16}"
+        return "no", f"auto: {EMULATED_BF16}"
     if kind == "cuda":
-        if cuda_has_bf16():
+        if cuda_has_bf16(device):
             return "bf16", "auto: this GPU computes bf16"
         return "fp16", "auto: this GPU has no bf16, so fp16 with loss scaling"
-    return "no", f"auto: fp32, as sslsec has no mixed-precision rule for {kind} devices"
+    return "no", f"auto: sslsec has no mixed-precision rule for {kind} devices"
+
+
+def lowest_common_precision(choices: Sequence[Tuple[str, str]]) -> Tuple[str, str]:
+    """The precision all processes train in, from each one's ``(precision, reason)`` in rank order: the lowest of
+    them in :data:`PRECISION_ORDER`, which every process's device computes natively, and why.
+
+    ``[("bf16", ...), ("no", "auto: this CPU has no native bf16 ...")]`` gives ``("no", "auto: fp32 on all 2
+    processes, the precision every one computes natively; process 1: this CPU has no native bf16 ...")``; equal
+    choices give process 0's as it is.
+    """
+    precisions = [precision for precision, _ in choices]
+    if len(set(precisions)) == 1:
+        return choices[0]
+    lowest = min(precisions, key=PRECISION_ORDER.index)
+    rank = precisions.index(lowest)
+    why = choices[rank][1].removeprefix("auto: ")
+    return lowest, (f"auto: {precision_name(lowest)} on all {len(choices)} processes, the precision every one computes "
+                    f"natively; process {rank}: {why}")
 
 
 def cpu_description() -> str:

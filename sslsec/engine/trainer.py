@@ -32,6 +32,7 @@ from sslsec.engine.accelerator import describe_processes, make_accelerator
 from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, check_same_recipe, resume_path,
                                       truncate_metrics)
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
+from sslsec.engine.precision import precision_name
 from sslsec.losses import SECLossOutput
 from sslsec.methods import build_augment, build_method, view_size
 from sslsec.models import save_backbone, save_module
@@ -167,7 +168,7 @@ def pretrain(config: Config) -> Path:
         log_with=trackers(),
         project_dir=str(output_dir),
     )
-    accelerator.print(f"precision: {accelerator.mixed_precision} ({accelerator.precision_reason})")
+    accelerator.print(f"precision: {precision_name(accelerator.mixed_precision)} ({accelerator.precision_reason})")
     if accelerator.num_processes > 1:  # printed on every node: each node's log shows the run it joined
         accelerator.print(describe_processes(accelerator))
     micro_batch = _micro_batch(config, accelerator.num_processes)

@@ -1,4 +1,5 @@
-"""Methods: SimCLR, MoCo v2, metric learning and face recognition, each a module with its hooks, and the one registry of their names.
+"""Methods: SimCLR, MoCo v2, BYOL, SimSiam, metric learning and face recognition, each a module with its hooks,
+and the one registry of their names.
 
 :data:`METHODS` maps a method's name to its class; config validation, the view presets (``Method.augment``)
 and the projection heads (``Method.projection_head``) are all looked up here::
@@ -16,18 +17,21 @@ from torch import nn
 
 from sslsec.augment import ContrastiveAugment
 from sslsec.methods.base import Method
+from sslsec.methods.byol import BYOL
 from sslsec.methods.face import FaceRecognition
 from sslsec.methods.metric import MetricLearning
 from sslsec.methods.moco import MoCo
 from sslsec.methods.simclr import SimCLR
+from sslsec.methods.simsiam import SimSiam
 
 if TYPE_CHECKING:
     from sslsec.config import Config
 
-METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "metric": MetricLearning,
-                                    "face": FaceRecognition}
+METHODS: Dict[str, Type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "simsiam": SimSiam,
+                                    "metric": MetricLearning, "face": FaceRecognition}
 
-__all__ = ["FaceRecognition", "METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "build_augment", "build_method", "build_projection_head",
+__all__ = ["BYOL", "FaceRecognition", "METHODS", "Method", "MetricLearning", "MoCo", "SimCLR", "SimSiam",
+           "build_augment", "build_method", "build_projection_head",
            "method_class", "view_size"]
 
 
@@ -46,7 +50,8 @@ def build_method(config: Config, in_channels: int, distributed: bool = False,
 
 
 def build_projection_head(method: str, input_dim: int, hidden_dim: int = 2048, output_dim: int = 128) -> nn.Module:
-    """lightly's head for ``method``: SimCLR (2 layers, BN) or MoCo v2 (2 layers, no BN)."""
+    """lightly's projection head for ``method``: SimCLR (2 layers, BN), MoCo v2 (2 layers, no BN), BYOL (2 layers,
+    BN), SimSiam (3 layers, BN; the output BN without affine)."""
     return method_class(method).projection_head(input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
 
 

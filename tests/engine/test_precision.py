@@ -1,7 +1,9 @@
 """trainer.mixed_precision=auto against the machine's capability (mocked), the warning for emulated bf16, the
 refusal of fp16 on a CPU, and a run that starts under auto on one kind of CPU and resumes on the other."""
 
+import contextlib
 import json
+import subprocess
 import warnings
 
 import pytest
@@ -12,6 +14,7 @@ from sslsec.config import ConfigError, load_config
 from sslsec.engine import make_accelerator, pretrain
 from sslsec.engine import precision
 from sslsec.engine.precision import resolve_precision
+from tests.launch import REPO, cpu_env, torchrun
 
 
 def _overrides(npz_root, output_dir, *extra):
@@ -51,8 +54,30 @@ def _gpu(native, emulated):
                                                         (False, False, "fp16")])
 def test_auto_on_cuda_is_bf16_where_computed_natively_else_fp16(monkeypatch, native, emulated, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", _gpu(native, emulated))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # no GPU here to switch to
     assert resolve_precision("auto", torch.device("cuda", 1))[0] == expected
     assert resolve_precision("auto", "cuda")[0] == expected
+
+
+def test_auto_on_cuda_asks_the_gpu_it_trains_on(monkeypatch):
+    """Under a launcher each process trains on cuda:LOCAL_RANK: a machine with an old GPU 0 and a new GPU 1."""
+    asked = []
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda device=None: asked.append(device) or device.index == 1)
+    assert resolve_precision("auto", torch.device("cuda", 1))[0] == "bf16"
+    assert resolve_precision("auto", torch.device("cuda", 0))[0] == "fp16"
+    assert asked == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+def test_the_processes_take_the_lowest_precision_every_one_computes():
+    native, emulated = ("bf16", "auto: this CPU computes bf16 natively"), ("no", f"auto: {precision.EMULATED_BF16}")
+    assert precision.lowest_common_precision([native, native]) == native
+    resolved, reason = precision.lowest_common_precision([native, emulated, native])
+    assert resolved == "no"
+    assert reason == f"auto: fp32 on all 3 processes, the precision every one computes natively; process 1: " \
+                     f"{precision.EMULATED_BF16}"
+    gpus = [("fp16", "auto: this GPU has no bf16, so fp16 with loss scaling"), ("bf16", "auto: this GPU computes bf16")]
+    assert precision.lowest_common_precision(gpus[::-1])[0] == "fp16"  # every CUDA GPU computes fp16
+    assert [precision.precision_name(p) for p in ("no", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
 
 
 @pytest.mark.parametrize("requested", ["no", "bf16", "fp16"])
@@ -120,7 +145,8 @@ def test_a_run_started_under_auto_resumes_on_a_cpu_of_the_other_kind(npz_root, t
     _cpu_bf16(monkeypatch, False)
     pretrain(load_config(None, _overrides(npz_root, run_dir, *extra, "resume=true")))
     out = capsys.readouterr().out
-    assert "precision: bf16 (auto: this CPU computes bf16 natively)" in out and "precision: no (auto: fp32" in out
+    assert "precision: bf16 (auto: this CPU computes bf16 natively)" in out
+    assert f"precision: fp32 (auto: {precision.EMULATED_BF16})" in out  # accelerate's "no" is printed as fp32
 
     assert (run_dir / "backbone.safetensors").is_file()
     assert load_config(run_dir / "config.yaml").trainer.mixed_precision == "auto"
@@ -139,3 +165,33 @@ def test_accelerate_use_cpu_pins_the_cpu_even_where_a_gpu_exists(monkeypatch):
     accelerator = make_accelerator(mixed_precision="auto")
     assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "no"
     assert accelerator.ddp_handler.broadcast_buffers is False  # MoCo's queue is not sent at every forward
+
+
+TWO_CPUS = """
+import sys, torch
+from sslsec.engine import precision
+from sslsec.engine.accelerator import make_accelerator
+
+rank = int(__import__("os").environ["RANK"])
+precision.cpu_has_native_bf16 = lambda: rank == 0  # process 1's CPU has no native bf16
+accelerator = make_accelerator(mixed_precision="auto", cpu=True)
+assert torch.distributed.get_world_size() == 2
+torch.save({"precision": accelerator.mixed_precision, "reason": accelerator.precision_reason},
+           f"{sys.argv[1]}/rank{rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_auto_is_decided_once_for_all_processes_before_the_accelerator_is_built(tmp_path):
+    """Two processes, process 1's CPU without native bf16: both train in fp32 (bf16 would be emulated on process 1,
+    and processes in two precisions would train two models), and both say why."""
+    script = tmp_path / "two_cpus.py"
+    script.write_text(TWO_CPUS)
+    process = subprocess.run(torchrun(script, str(tmp_path)), capture_output=True, text=True,
+                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [rank["precision"] for rank in ranks] == ["no", "no"]
+    assert ranks[0]["reason"] == ranks[1]["reason"] == (
+        f"auto: fp32 on all 2 processes, the precision every one computes natively; process 1: "
+        f"{precision.EMULATED_BF16}")

@@ -50,9 +50,10 @@ def test_simclr_run_logs_finite_decreasing_loss_and_writes_its_outputs(npz_root,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(npz_root, tmp_path, method):
-    extra = [f"method={method}", "trainer.eval_every=0", "loss.sec_weight=0.5", "loss.sec_momentum=0.1"]
+    extra = [f"method={method}", "trainer.eval_every=0", "loss.sec_weight=0.5", "loss.sec_momentum=0.1",
+             "byol.momentum=0.9"]  # BYOL: a target that moves visibly within the 8 steps
     straight = pretrain(load_config(None, _overrides(npz_root, tmp_path / "straight", *extra)))
 
     interrupted = tmp_path / "interrupted"
@@ -119,7 +120,7 @@ def test_a_batch_that_does_not_split_over_processes_is_a_config_error(npz_root, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam"])
 def test_two_cpu_processes_train_on_the_global_batch(npz_root, tmp_path, method):
     run = tmp_path / "run"
     result = subprocess.run(

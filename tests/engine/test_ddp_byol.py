@@ -1,0 +1,79 @@
+"""BYOL and SimSiam under two CPU processes (gloo): SEC's radius is the global batch's, so the loss and the gradients
+averaged over the processes (what DDP applies) are those of one process on the concatenated batch. BatchNorm is in
+eval mode, the same in both (per-process batch statistics would differ from the concatenated batch's by design)."""
+
+import subprocess
+
+import pytest
+import torch
+
+from tests.launch import REPO, cpu_env, torchrun
+
+METHODS = ("byol", "simsiam")
+
+STEP = """
+import sys, torch
+import torch.distributed as dist
+from sslsec.config import load_config
+from sslsec.methods import build_method
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+N = 8  # per process
+views = torch.randn(2, 2 * N, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+def model(method):
+    torch.manual_seed(0)  # the same weights on every process and for the reference
+    config = load_config(None, [f"method={method}", "model.backbone=small_cnn", "model.projection_hidden_dim=32",
+                                "model.projection_dim=16", "loss.sec_weight=0.5", "loss.norm_penalty_weight=0.1"])
+    net = build_method(config, 1).eval()  # BatchNorm's running statistics: the same on both processes
+    if method == "byol":  # a target network apart from the online one
+        with torch.no_grad():
+            for p in net.backbone_momentum.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return net
+
+def gradients(net):
+    return {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+
+results = {}
+for method in sys.argv[2:]:
+    net = model(method)
+    out = net(*(v[rank * N:(rank + 1) * N] for v in views))
+    out.total.backward()
+    grads = gradients(net)
+    for grad in grads.values():  # DDP's average of the gradients over the processes
+        dist.all_reduce(grad)
+        grad /= world
+    total = out.total.detach().clone()
+    dist.all_reduce(total)
+    reference = model(method)
+    # Both processes compute the reference on the whole batch: the all-reduced norm statistics of two equal batches
+    # are those of one, so this is the one-process step on the concatenated batch.
+    expected = reference(*views)
+    expected.total.backward()
+    results[method] = {"total": total / world, "expected_total": expected.total.detach(),
+                       "norm_mean": out.norm_mean, "expected_norm_mean": expected.norm_mean,
+                       "grads": grads, "expected_grads": gradients(reference)}
+torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_a_two_process_step_is_the_one_process_step_on_the_concatenated_batch(tmp_path):
+    script = tmp_path / "step.py"
+    script.write_text(STEP)
+    process = subprocess.run(torchrun(script, str(tmp_path), *METHODS), capture_output=True, text=True,
+                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-3000:]
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        for method in METHODS:
+            result = results[method]
+            assert torch.allclose(result["norm_mean"], result["expected_norm_mean"], atol=1e-6), method
+            assert torch.allclose(result["total"], result["expected_total"], atol=1e-6), method
+            assert result["grads"].keys() == result["expected_grads"].keys()
+            assert any(key.startswith("predictor.") for key in result["grads"])
+            assert not any("momentum" in key for key in result["grads"])  # BYOL's target network is not trained
+            for key, grad in result["grads"].items():
+                assert torch.allclose(grad, result["expected_grads"][key], atol=1e-6), (method, key)
