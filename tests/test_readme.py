@@ -73,3 +73,59 @@ def test_a_broken_block_fails_and_names_its_line(tmp_path):
 def test_no_document_points_outside_the_repository():
     for path in [*DOCUMENTS, *ROOT.glob("configs/*.yaml")]:
         assert "../shared" not in path.read_text(), path.name
+
+
+# CI runs the README's set-up and test lines as written: .ci/readme_commands.py extracts them, .ci/run runs them.
+def readme_commands():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_runs_the_readmes_install_and_test_lines_and_nothing_else():
+    commands = readme_commands()
+    blocks = commands.setup_blocks((ROOT / "README.md").read_text())
+    ran = [line for block in blocks if block.skip is None for line in block.lines]
+    assert 'pip install -e ".[dev]"' in ran and "python -m pytest" in ran
+    assert any(line.startswith("apt-get") and "dataset-fashion-mnist" in line for line in ran)
+    assert all(block.skip for block in blocks if any("git clone" in line for line in block.lines))
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "readme_commands.py README.md" in ci
+    assert not re.search(r"^\s*(python -m )?pip |^\s*apt-get|pytest", ci, flags=re.MULTILINE)  # only the README's
+
+
+def test_readme_commands_run_in_one_shell_and_skip_only_marked_blocks(tmp_path):
+    commands = readme_commands()
+    text = ("## Set-up\n\n<!-- ci: run -->\n```bash\nexport X=1\n```\n\n<!-- ci: skip: not here -->\n```bash\n"
+            "exit 3\n```\n\n## Tests\n\n<!-- ci: run -->\n```bash\ntest \"$X\" = 1 && echo ok > out.txt\n```\n\n"
+            "## Other\n\n```bash\nexit 4\n```\n")
+    blocks = commands.setup_blocks(text)
+    assert [(block.section, block.line, block.skip) for block in blocks] == [
+        ("Set-up", 5, None), ("Set-up", 10, "not here"), ("Tests", 17, None)]
+    script = commands.ci_script(blocks)
+    process = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr
+    assert (tmp_path / "out.txt").read_text() == "ok\n" and "skipped, not here" in process.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    ("## Tests\n\n```bash\npython -m pytest\n```\n", "has no marker"),
+    ("## Tests\n\n<!-- ci: run -->\n```bash\npython -m pytest\n", "never closed"),
+    ("## Tests\n\n<!-- ci: skip: no -->\n```bash\npython -m pytest\n```\n", "no <!-- ci: run -->"),
+])
+def test_an_unmarked_or_unclosed_setup_block_is_an_error(text, message):
+    commands = readme_commands()
+    with pytest.raises(commands.ReadmeError, match=message):
+        commands.setup_blocks(text)
+
+
+def test_a_failing_readme_line_fails_ci(tmp_path):
+    commands = readme_commands()
+    blocks = commands.setup_blocks("## Set-up\n\n<!-- ci: run -->\n```bash\nfalse\ntouch never\n```\n")
+    process = subprocess.run(["bash", "-c", commands.ci_script(blocks)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert process.returncode == 1 and not (tmp_path / "never").exists()
