@@ -8,9 +8,10 @@ GPU runs belong to the tests marked ``gpu`` (tests/test_gpu.py), whose subproces
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +41,16 @@ def torchrun(script: Path, *args: str, processes: int = 2) -> List[str]:
     ``--standalone``: the rendezvous store binds a free port itself (no port picked first and bound later)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
             str(script), *args]
+
+
+def two_process_results(folder: Path, script: str, *args: str) -> List[Any]:
+    """Run the Python source ``script`` as ``script FOLDER args`` in two CPU processes (gloo, one thread each, so
+    reductions are bit-identical) and return what each rank saved as ``FOLDER/rank{rank}.pt`` (``torch.save``)."""
+    import torch
+
+    path = folder / "two_processes.py"
+    path.write_text(script)
+    process = subprocess.run(torchrun(path, str(folder), *args), capture_output=True, text=True,
+                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]

@@ -1,13 +1,11 @@
 """MoCo under DDP on two CPU processes (gloo): no buffer broadcast at every forward, the same training, the same
 queue on both processes, and BatchNorm statistics made consistent before evaluation."""
 
-import subprocess
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.launch import REPO, cpu_env, torchrun
+from tests.launch import two_process_results
 
 STEPS, PER_PROCESS, QUEUE = 6, 8, 40  # 6 steps of 2 x 8 keys wrap the queue of 40 once
 
@@ -50,12 +48,7 @@ torch.save(result, f"{{sys.argv[1]}}/rank{{torch.distributed.get_rank()}}.pt")
 
 @pytest.mark.slow
 def test_moco_on_two_processes_broadcasts_no_buffers_trains_the_same_and_keeps_one_queue(tmp_path):
-    script = tmp_path / "train_moco.py"
-    script.write_text(TRAIN_MOCO)
-    process = subprocess.run(torchrun(script, str(tmp_path)), capture_output=True, text=True,
-                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
-    assert process.returncode == 0, process.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    ranks = two_process_results(tmp_path, TRAIN_MOCO)
     runs = [rank["default"] for rank in ranks]
 
     assert [run["broadcast_buffers"] for run in runs] == [False, False]

@@ -2,12 +2,10 @@
 averaged over the processes (what DDP applies) are those of one process on the concatenated batch. BatchNorm is in
 eval mode, the same in both (per-process batch statistics would differ from the concatenated batch's by design)."""
 
-import subprocess
-
 import pytest
 import torch
 
-from tests.launch import REPO, cpu_env, torchrun
+from tests.launch import two_process_results
 
 METHODS = ("byol", "simsiam")
 
@@ -61,13 +59,7 @@ torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
 
 @pytest.mark.slow
 def test_a_two_process_step_is_the_one_process_step_on_the_concatenated_batch(tmp_path):
-    script = tmp_path / "step.py"
-    script.write_text(STEP)
-    process = subprocess.run(torchrun(script, str(tmp_path), *METHODS), capture_output=True, text=True,
-                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
-    assert process.returncode == 0, process.stderr[-3000:]
-    for rank in (0, 1):
-        results = torch.load(tmp_path / f"rank{rank}.pt")
+    for results in two_process_results(tmp_path, STEP, *METHODS):
         for method in METHODS:
             result = results[method]
             assert torch.allclose(result["norm_mean"], result["expected_norm_mean"], atol=1e-6), method

@@ -3,12 +3,10 @@ loss, and the gradients averaged over the processes (what DDP applies), are thos
 concatenated batch: class weights (CosFace, ArcFace) are not scaled by the number of processes, and pairs,
 triplets and the multi-similarity miner's pairs are taken across processes."""
 
-import subprocess
-
 import pytest
 import torch
 
-from tests.launch import REPO, cpu_env, torchrun
+from tests.launch import two_process_results
 
 LOSSES = ("cosface", "arcface", "triplet", "semihard_triplet", "multi_similarity")
 
@@ -60,13 +58,8 @@ torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
 
 @pytest.mark.slow
 def test_a_two_process_step_is_the_one_process_step_on_the_concatenated_batch(tmp_path):
-    script = tmp_path / "step.py"
-    script.write_text(STEP)
-    process = subprocess.run(torchrun(script, str(tmp_path), *LOSSES), capture_output=True, text=True,
-                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
-    assert process.returncode == 0, process.stderr[-3000:]
-    for rank in (0, 1):
-        results = torch.load(tmp_path / f"rank{rank}.pt")
+    ranks = two_process_results(tmp_path, STEP, *LOSSES)
+    for results in ranks:
         for name in LOSSES:
             result = results[name]
             assert result["loss"] > 0, name
@@ -76,5 +69,5 @@ def test_a_two_process_step_is_the_one_process_step_on_the_concatenated_batch(tm
             for key, grad in result["grads"].items():
                 assert grad.abs().sum() > 0, (name, key)
                 assert torch.allclose(grad, result["expected_grads"][key], atol=1e-6), (name, key)
-    weights = [torch.load(tmp_path / f"rank{rank}.pt")["cosface"]["grads"]["criterion.loss.W"] for rank in (0, 1)]
+    weights = [results["cosface"]["grads"]["criterion.loss.W"] for results in ranks]
     assert torch.equal(weights[0], weights[1])

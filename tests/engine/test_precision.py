@@ -3,7 +3,6 @@ refusal of fp16 on a CPU, and a run that starts under auto on one kind of CPU an
 
 import contextlib
 import json
-import subprocess
 import warnings
 
 import pytest
@@ -14,7 +13,7 @@ from sslsec.config import ConfigError, load_config
 from sslsec.engine import make_accelerator, pretrain
 from sslsec.engine import precision
 from sslsec.engine.precision import resolve_precision
-from tests.launch import REPO, cpu_env, torchrun
+from tests.launch import two_process_results
 
 
 def _overrides(npz_root, output_dir, *extra):
@@ -185,12 +184,7 @@ torch.save({"precision": accelerator.mixed_precision, "reason": accelerator.prec
 def test_auto_is_decided_once_for_all_processes_before_the_accelerator_is_built(tmp_path):
     """Two processes, process 1's CPU without native bf16: both train in fp32 (bf16 would be emulated on process 1,
     and processes in two precisions would train two models), and both say why."""
-    script = tmp_path / "two_cpus.py"
-    script.write_text(TWO_CPUS)
-    process = subprocess.run(torchrun(script, str(tmp_path)), capture_output=True, text=True,
-                             env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
-    assert process.returncode == 0, process.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    ranks = two_process_results(tmp_path, TWO_CPUS)
     assert [rank["precision"] for rank in ranks] == ["no", "no"]
     assert ranks[0]["reason"] == ranks[1]["reason"] == (
         f"auto: fp32 on all 2 processes, the precision every one computes natively; process 1: "
