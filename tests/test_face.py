@@ -3,6 +3,7 @@ against their formulas, plain shuffled batches, the face configs, the face_folde
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -121,6 +122,8 @@ def test_face_folder_refuses_an_identity_in_both_splits_and_says_where_the_files
     with pytest.raises(DatasetError, match="identities \\['bob'\\] are in both"):
         load_dataset("face_folder", tmp_path, "test")
     with pytest.raises(DatasetError, match="train/<identity>/\\*.jpg"):
+        load_dataset("face_folder", tmp_path / "missing")
+    with pytest.raises(DatasetError, match=re.escape(f"missing/train not found (data.root={tmp_path / 'missing'})")):
         load_dataset("face_folder", tmp_path / "missing")
 
 

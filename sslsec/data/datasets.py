@@ -522,7 +522,8 @@ def _load_face_folder(root: str | os.PathLike | None, split: str = "train", imag
         raise DatasetError(f"face_folder needs data.root: the folder holding {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
     folder = Path(root) / split
     if not folder.is_dir():
-        raise DatasetError(f"face_folder: {folder} not found; expected {FACE_FOLDER_LAYOUT}; {FACE_FOLDER_SOURCE}")
+        raise DatasetError(f"face_folder: {folder} not found (data.root={root}); expected {FACE_FOLDER_LAYOUT}; "
+                           f"{FACE_FOLDER_SOURCE}")
     identities = _class_folders(folder)
     if split == "test" and (Path(root) / "train").is_dir():
         shared = sorted(set(identities) & set(_class_folders(Path(root) / "train")))
