@@ -54,3 +54,23 @@ def two_process_results(folder: Path, script: str, *args: str) -> List[Any]:
                              env=cpu_env(OMP_NUM_THREADS="1"), timeout=300, cwd=REPO)
     assert process.returncode == 0, process.stderr[-3000:]
     return [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]
+
+
+def parameter_gradients(net: Any) -> Dict[str, Any]:
+    """``{name: gradient}`` of the parameters of ``net`` that received one (a momentum network's receive none)."""
+    return {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+
+
+def averaged_step(net: Any, out: Any) -> tuple:
+    """Inside a two-process script: backward of ``out.total``, then what DDP applies, the loss and ``net``'s
+    gradients each averaged over the processes: ``(total, {name: gradient})``."""
+    import torch.distributed as dist
+
+    out.total.backward()
+    grads = parameter_gradients(net)
+    for grad in grads.values():
+        dist.all_reduce(grad)
+        grad /= dist.get_world_size()
+    total = out.total.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size(), grads

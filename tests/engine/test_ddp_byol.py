@@ -14,9 +14,10 @@ import sys, torch
 import torch.distributed as dist
 from sslsec.config import load_config
 from sslsec.methods import build_method
+from tests.launch import averaged_step, parameter_gradients
 
 dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
+rank = dist.get_rank()
 N = 8  # per process
 views = torch.randn(2, 2 * N, 1, 16, 16, generator=torch.Generator().manual_seed(1))
 
@@ -31,28 +32,19 @@ def model(method):
                 p.add_(0.1 * torch.randn_like(p))
     return net
 
-def gradients(net):
-    return {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
-
 results = {}
 for method in sys.argv[2:]:
     net = model(method)
     out = net(*(v[rank * N:(rank + 1) * N] for v in views))
-    out.total.backward()
-    grads = gradients(net)
-    for grad in grads.values():  # DDP's average of the gradients over the processes
-        dist.all_reduce(grad)
-        grad /= world
-    total = out.total.detach().clone()
-    dist.all_reduce(total)
+    total, grads = averaged_step(net, out)
     reference = model(method)
     # Both processes compute the reference on the whole batch: the all-reduced norm statistics of two equal batches
     # are those of one, so this is the one-process step on the concatenated batch.
     expected = reference(*views)
     expected.total.backward()
-    results[method] = {"total": total / world, "expected_total": expected.total.detach(),
+    results[method] = {"total": total, "expected_total": expected.total.detach(),
                        "norm_mean": out.norm_mean, "expected_norm_mean": expected.norm_mean,
-                       "grads": grads, "expected_grads": gradients(reference)}
+                       "grads": grads, "expected_grads": parameter_gradients(reference)}
 torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
 """
 

@@ -16,9 +16,10 @@ import torch.distributed as dist
 import sslsec.methods.metric as metric
 from sslsec.losses import WithSEC
 from sslsec.models import Embedder
+from tests.launch import averaged_step, parameter_gradients
 
 dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
+rank = dist.get_rank()
 N = 8  # per process; the global batch holds 4 classes, each process's half holds them unevenly
 labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0, 1, 1, 3, 3, 3, 2, 3])
 images = torch.randn(2 * N, 1, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -30,28 +31,20 @@ def model(name):
     loss, miner = metric.metric_loss(name, 4, 6)
     return metric.MetricLearning(Embedder(trunk, 6), metric.NoHead(), WithSEC(loss, sec_weight=0.5), miner=miner)
 
-def gradients(net):
-    return {name: p.grad.clone() for name, p in net.named_parameters()}
-
 results = {}
 for name in sys.argv[2:]:
     net = model(name)  # this process's half of the batch; the loss gathers the rest
     out = net(images[rank * N:(rank + 1) * N], labels[rank * N:(rank + 1) * N])
-    out.total.backward()
-    grads = gradients(net)
-    for grad in grads.values():  # DDP's average of the gradients over the processes
-        dist.all_reduce(grad)
-        grad /= world
-    total = out.total.detach().clone()
-    dist.all_reduce(total)
+    total, grads = averaged_step(net, out)
+    assert grads.keys() == dict(net.named_parameters()).keys()  # every parameter, class weights included, trained
     reference = model(name)  # one process on the concatenated batch: no gathering
     gather, metric.gather_batch = metric.gather_batch, lambda embeddings, labels: (embeddings, labels)
     expected = reference(images, labels)
     metric.gather_batch = gather
     expected.total.backward()
-    results[name] = {"loss": out.contrastive, "expected_loss": expected.contrastive, "total": total / world,
+    results[name] = {"loss": out.contrastive, "expected_loss": expected.contrastive, "total": total,
                      "expected_total": expected.total.detach(), "grads": grads,
-                     "expected_grads": gradients(reference)}
+                     "expected_grads": parameter_gradients(reference)}
 torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
 """
 
