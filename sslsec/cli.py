@@ -252,19 +252,18 @@ def verification_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def _verification(config: Config, backbone: Optional[nn.Module], output_dir: Path, label: str,
-                  source: Union[Path, str, None] = None, *, overwrite: bool = False) -> None:
-    """Verification scores of ``backbone`` (random init if None); print the table, write ``verification.json``
-    and the ROC plots; refuse, before the work, to replace scores of another protocol (its
-    ``source``: the weights file, or the words of a random init)."""
+                  source: Union[Path, str], overwrite: bool = False) -> None:
+    """Verification scores of ``backbone`` (random init if None; ``source`` as for :func:`_probe`); print the table,
+    write ``verification.json`` and the ROC plots, refused before the work where it holds another protocol's scores
+    unless ``overwrite``."""
     from accelerate import PartialState
 
     from sslsec.analysis.verification_report import format_verification, write_verification
     from sslsec.engine import make_accelerator
     from sslsec.eval import score_verification
-
     from sslsec.runs import check_scores_file, scores_protocol
 
-    path, protocol = output_dir / "verification.json", scores_protocol(config, source or label)
+    path, protocol = output_dir / "verification.json", scores_protocol(config, source)
     if not overwrite:
         check_scores_file(path, protocol)
     start = time.perf_counter()
@@ -325,8 +324,9 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> None:
                      "several processes.", "loss.sec_weight=1.0 trainer.epochs=5 output_dir=runs/x")
     parser.add_argument("--config", type=Path, help="config YAML (default: the built-in defaults)")
     parser.add_argument("--probe", action="store_true", help="evaluate the result as its method is scored "
-                        "(Method.evaluation, as the study does): the linear probe and kNN (SimCLR, MoCo), or "
-                        "retrieval (sslsec-retrieval; method: metric), or face verification (sslsec-verification; method: face)")
+                        "(Method.evaluation, as the study does): the linear probe and kNN (SimCLR, MoCo, BYOL, "
+                        "SimSiam), retrieval (sslsec-retrieval; method: metric) or face verification "
+                        "(sslsec-verification; method: face)")
     args = _parse(parser, argv)
     with _exit_on_user_error(parser.prog, "no checkpoint was written now (training checkpoints at "
                              "Ctrl-C only between its steps)"):

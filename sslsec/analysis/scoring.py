@@ -69,9 +69,9 @@ def retrieval_row_scores(config: Config, run_dir: Path, backbone: Any, splits: T
 def verification_row_scores(config: Config, run_dir: Path, backbone: Any, splits: Tuple[Any, Any, Any],
                             accelerator: Any, diagnostics_n: int) -> Dict[str, Any]:
     """A face-recognition run's scores: :func:`~sslsec.eval.verification.split_verification` of its embedder on
-    ``eval.verification_pairs`` pairs (drawn with ``trainer.seed``, as ``sslsec-verification``) of the test split (``verification_accuracy``, ``val_at_far``, their stds,
-    ``xnorm``) and, prefixed ``val_``, of the validation split; ``norm_mean``, ``norm_std`` and
-    ``norm_std_over_mean`` of the test embeddings (unflipped)."""
+    ``eval.verification_pairs`` pairs (drawn with ``trainer.seed``, as ``sslsec-verification``) of the test split
+    (``verification_accuracy``, ``val_at_far``, their stds, ``xnorm``) and, prefixed ``val_``, of the validation
+    split; ``norm_mean``, ``norm_std`` and ``norm_std_over_mean`` of the test embeddings (unflipped)."""
     _, val, test = splits
     settings = config.eval
     options = dict(n_pairs=settings.verification_pairs, seed=config.trainer.seed, flip=settings.verification_flip,
@@ -129,9 +129,10 @@ SCORERS = {
 
 def evaluation(method: str) -> str:
     """How a run of ``method`` (a name of :data:`sslsec.methods.METHODS`) is scored: its
-    :attr:`~sslsec.methods.Method.evaluation` (``"linear_probe"``, ``"retrieval"``). The one rule the study
-    (:func:`scorer`) and the command line (``sslsec-pretrain --probe``) both follow: a new kind of evaluation is a
-    method's ``evaluation``, one :data:`SCORERS` entry and one entry of :data:`sslsec.cli.EVALUATIONS`."""
+    :attr:`~sslsec.methods.Method.evaluation` (``"linear_probe"``, ``"retrieval"``, ``"verification"``). The one
+    rule the study (:func:`scorer`) and the command line (``sslsec-pretrain --probe``) both follow: a new kind of
+    evaluation is a method's ``evaluation``, one :data:`SCORERS` entry and one entry of
+    :data:`sslsec.cli.EVALUATIONS`."""
     return method_class(method).evaluation
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import torch
 
-from sslsec.eval.protocol import eval_crop_size
+from sslsec.eval.features import eval_crop_size
 from sslsec.eval.verification import split_verification
 from sslsec.methods.metric import MetricLearning
 
