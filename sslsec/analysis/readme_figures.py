@@ -59,6 +59,16 @@ def training_summary(run_dir: Path, command: str) -> Dict[str, Any]:
             "monitor": sorted(monitor.items())}
 
 
+def main_job_files(runs: Path, name: str, evaluation: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """The main job ``configs/NAME.yaml``'s :func:`training_summary`, its scores (``runs/NAME/EVALUATION.json``)
+    and those of its random-weights baseline (``runs/NAME/random_init/``), each error naming the command to run."""
+    config, run = f"configs/{name}.yaml", runs / name
+    pretrain = f"python scripts/pretrain.py --config {config} --probe"
+    return (training_summary(run, pretrain), read_json(run / f"{evaluation}.json", pretrain),
+            read_json(run / "random_init" / f"{evaluation}.json",
+                      f"python scripts/{evaluation}.py --random-init --config {config}"))
+
+
 def minutes(seconds: float) -> str:
     """``"4 min 48 s"`` (or ``"58 s"`` under a minute)."""
     whole = round(seconds)
@@ -67,12 +77,7 @@ def minutes(seconds: float) -> str:
 
 def simclr_fmnist_block(runs: Path, machine: str) -> str:
     """The SSL main job (``runs/simclr_fmnist``): time, scores against random weights, the targets it met."""
-    config = "configs/simclr_fmnist.yaml"
-    run = runs / "simclr_fmnist"
-    train = training_summary(run, f"python scripts/pretrain.py --config {config} --probe")
-    probe = read_json(run / "linear_probe.json", f"python scripts/pretrain.py --config {config} --probe")
-    random = read_json(run / "random_init" / "linear_probe.json",
-                       f"python scripts/linear_probe.py --random-init --config {config}")
+    train, probe, random = main_job_files(runs, "simclr_fmnist", "linear_probe")
     images = train["epochs"] * probe["train_size"]
     epochs = ", ".join(f"{row['knn_top1']:.2f} % after epoch {epoch}" for epoch, row in train["monitor"])
     met = [f"{label} {probe[key]:.2f} % {'>=' if probe[key] >= target else '<'} {target:.1f} % "
@@ -103,12 +108,7 @@ RETRIEVAL_COLUMNS = (("recall_at_1", "R@1"), ("recall_at_2", "R@2"), ("recall_at
 
 def dml_fmnist_block(runs: Path, machine: str) -> str:
     """The metric-learning main job (``runs/dml_fmnist``): time, retrieval against random weights."""
-    config = "configs/dml_fmnist.yaml"
-    run = runs / "dml_fmnist"
-    train = training_summary(run, f"python scripts/pretrain.py --config {config} --probe")
-    scores = read_json(run / "retrieval.json", f"python scripts/pretrain.py --config {config} --probe")
-    random = read_json(run / "random_init" / "retrieval.json",
-                       f"python scripts/retrieval.py --random-init --config {config}")
+    train, scores, random = main_job_files(runs, "dml_fmnist", "retrieval")
     epochs = ", ".join(f"{row['recall_at_1']:.2f} / {row['map_at_r']:.2f} (epoch {epoch})"
                        for epoch, row in train["monitor"])
     header = "| backbone | split | images | " + " | ".join(label for _, label in RETRIEVAL_COLUMNS) + " | norm std/mean |"
