@@ -48,6 +48,7 @@ from sslsec.runs import RunPaths, load_saved_backbone
 DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
 DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
 PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07
+COSINE_LOSS_GRADIENT = {"byol": 2.0, "simsiam": 0.5}  # their losses' gradient per unit of cosine (docs/SEC.md)
 ROW_FILE = "study_row.json"
 
 
@@ -71,14 +72,20 @@ class StudyError(ConfigError):
     """A study that cannot run as asked: an unknown variant, or a run directory trained with other settings."""
 
 
-def paper_sec_weight(temperature: float, eta: float = 1.0) -> float:
+def paper_sec_weight(temperature: float, eta: float = 1.0, method: str = "simclr") -> float:
     """The SEC authors' weight ``eta`` in sslsec's units: their contrastive loss is NT-Xent x T / 0.07, so
-    ``eta`` against it is ``eta * 0.07 / T`` against plain NT-Xent (0.14 for eta = 1 at T = 0.5)."""
+    ``eta`` against it is ``eta * 0.07 / T`` against plain NT-Xent (0.14 for eta = 1 at T = 0.5).
+
+    BYOL and SimSiam have no temperature: ``eta`` is carried over by the ratio of their gradient per unit of
+    cosine to the authors' ``1 / 0.07`` (0.14 for BYOL, 0.035 for SimSiam at eta = 1; docs/SEC.md)."""
+    if method in COSINE_LOSS_GRADIENT:
+        return eta * PAPER_CONTRASTIVE_SCALE * COSINE_LOSS_GRADIENT[method]
     return eta * PAPER_CONTRASTIVE_SCALE / temperature
 
 
-def variant_overrides(name: str, loss: LossConfig) -> List[str]:
-    """The ``key=value`` loss settings of variant ``name`` on top of the base config's ``loss`` section.
+def variant_overrides(name: str, loss: LossConfig, method: str = "simclr") -> List[str]:
+    """The ``key=value`` loss settings of variant ``name`` on top of the base config's ``loss`` section (of a
+    ``method`` run: it sets ``sec_paper``'s weight).
 
     Weights and schedule come from ``loss`` (set them as ``loss.sec_weight=...`` overrides of the study). Every loss key is set, so nothing of the base config leaks into a variant it does not belong to:
 
@@ -97,7 +104,7 @@ def variant_overrides(name: str, loss: LossConfig) -> List[str]:
         "sec": (weight, schedule, None, 0.0),
         "sec_constant": (weight, "constant", None, 0.0),
         "sec_linear": (weight, "linear", None, 0.0),
-        "sec_paper": (paper_sec_weight(loss.temperature), "linear", None, 0.0),
+        "sec_paper": (paper_sec_weight(loss.temperature, method=method), "linear", None, 0.0),
         "sec_ema": (weight, schedule, momentum, 0.0),
         "l2": (0.0, schedule, None, l2),
     }
@@ -139,7 +146,7 @@ def run_study(config_path: Optional[Union[str, Path]], variants: Sequence[str], 
     output_dir = study_dir(base, overrides)
     configs = {  # all built (and validated) before any work
         (variant, seed): load_config(config_path, [
-            *overrides, *variant_overrides(variant, base.loss), f"trainer.seed={seed}",
+            *overrides, *variant_overrides(variant, base.loss, base.method), f"trainer.seed={seed}",
             f"output_dir={output_dir / f'{variant}_seed{seed}'}", "resume=auto"])
         for variant in variants for seed in range(seeds)}
     for config in configs.values():

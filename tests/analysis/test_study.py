@@ -85,6 +85,16 @@ def test_the_paper_weight_converts_the_authors_loss_scale():
     assert paper_sec_weight(0.07, eta=2.0) == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_the_paper_weight_of_byol_and_simsiam_is_the_shipped_configs(method):
+    shipped = load_config(Path(__file__).parents[2] / "configs" / f"{method}_fmnist.yaml")
+    expected = paper_sec_weight(0.5, method=method)
+    assert paper_sec_weight(0.1, method=method) == expected  # no temperature in their losses
+    assert shipped.loss.sec_weight == pytest.approx(expected)
+    got = load_config(None, variant_overrides("sec_paper", shipped.loss, method)).loss
+    assert (got.sec_weight, got.sec_schedule) == (pytest.approx(expected), "linear")
+
+
 def test_sec_variants_without_a_weight_are_refused():
     with pytest.raises(StudyError, match="needs an SEC weight"):
         variant_overrides("sec", LossConfig(sec_weight=0.0))
