@@ -11,7 +11,8 @@ small images saves most of kornia's per-call cost; the views are distributed as 
 
 Randomness goes through torch's global generators (kornia has no per-module generator). Pass ``seed=``
 to any ``forward`` or ``views`` to draw from a private, seeded copy instead: the output is then reproducible
-and the global random state is left untouched.
+and the global random state is left untouched. The contrastive presets draw on the images' device, with its
+generator, and read nothing back: on a GPU, making the views never waits for it.
 
 Example::
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import adjust_hue
+from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -83,7 +85,7 @@ def _pair(size: Size) -> tuple[int, int]:
 
 
 def sample_crop_boxes(n: int, image_size: tuple[int, int], scale: tuple[float, float],
-                      ratio: tuple[float, float], tries: int = 10) -> Tensor:
+                      ratio: tuple[float, float], tries: int = 10, device: torch.device | str | None = None) -> Tensor:
     """``n`` random resized crop boxes, drawn as torchvision's and kornia's ``RandomResizedCrop`` draw them.
 
     Each box takes the first of ``tries`` draws (area a fraction uniform in ``scale`` of the image, log aspect ratio
@@ -91,11 +93,13 @@ def sample_crop_boxes(n: int, image_size: tuple[int, int], scale: tuple[float, f
     aspect ratio in ``ratio``; its position is uniform over the integer offsets. kornia draws the same in ~140
     small tensor ops, which cost more than the crops themselves on small images; this takes ~15.
 
-    Shapes: output ``(n, 4)`` float32 on the CPU, ``(x_first, y_first, x_last, y_last)`` pixel coordinates.
+    Drawn by ``device``'s generator, there (default: the CPU), so that boxes for images on a GPU need no copy.
+
+    Shapes: output ``(n, 4)`` float32, ``(x_first, y_first, x_last, y_last)`` pixel coordinates.
     """
     height, width = image_size
-    area = torch.empty(n, tries).uniform_(*scale) * (height * width)
-    aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    area = torch.empty(n, tries, device=device).uniform_(*scale) * (height * width)
+    aspect = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
     box_width, box_height = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
     fits = (box_width >= 1) & (box_width <= width) & (box_height >= 1) & (box_height <= height)
     first = fits.byte().argmax(dim=1, keepdim=True)  # argmax returns the first of equal maxima
@@ -103,7 +107,8 @@ def sample_crop_boxes(n: int, image_size: tuple[int, int], scale: tuple[float, f
     box_width = torch.where(found, box_width.gather(1, first)[:, 0], min(width, round(height * max(ratio))))
     box_height = torch.where(found, box_height.gather(1, first)[:, 0], min(height, round(width / min(ratio))))
     # float64: a float32 draw just below 1 times the extent would round up to the extent itself
-    offsets = torch.rand(n, 2, dtype=torch.float64) * torch.stack([width - box_width + 1, height - box_height + 1], 1)
+    extent = torch.stack([width - box_width + 1, height - box_height + 1], 1)
+    offsets = torch.rand(n, 2, dtype=torch.float64, device=device) * extent
     first_pixel = offsets.floor().float()
     return torch.cat([first_pixel, first_pixel + torch.stack([box_width, box_height], 1) - 1], dim=1)
 
@@ -116,15 +121,17 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tenso
     "resample")`` maps them); ``x_first > x_last`` mirrors the crop. The views of an image are sampled from it
     stacked along the height, so the batch is never repeated.
 
-    Shapes: images ``(N, C, H, W)`` float, boxes ``(V, N, 4)``; output ``(V, N, C, h, w)``.
+    Shapes: images ``(N, C, H, W)`` float, boxes ``(V, N, 4)`` (on the images' device: else copied there); output
+    ``(V, N, C, h, w)``.
     """
     n_views, n_images = boxes.shape[:2]
     (height, width), (out_height, out_width) = images.shape[-2:], size
     # grid_sample's coordinates with align_corners=True: -1 and 1 are the centres of the edge pixels.
-    scale = torch.tensor([width - 1, height - 1] * 2, dtype=images.dtype).clamp(min=1)
-    first, last = (boxes.transpose(0, 1).to(images.dtype) * (2 / scale) - 1).to(images.device).split(2, dim=-1)
-    x = torch.lerp(first[..., :1], last[..., :1], torch.linspace(0, 1, out_width, device=images.device))
-    y = torch.lerp(first[..., 1:], last[..., 1:], torch.linspace(0, 1, out_height, device=images.device))
+    boxes = boxes.transpose(0, 1).to(images.device, images.dtype)  # (N, V, 4)
+    x = boxes[..., 0::2] * (2 / max(width - 1, 1)) - 1  # (N, V, 2): the first and the last column
+    y = boxes[..., 1::2] * (2 / max(height - 1, 1)) - 1
+    x = torch.lerp(x[..., :1], x[..., 1:], torch.linspace(0, 1, out_width, device=images.device))
+    y = torch.lerp(y[..., :1], y[..., 1:], torch.linspace(0, 1, out_height, device=images.device))
     grid = torch.stack(torch.broadcast_tensors(x[..., None, :], y[..., :, None]), dim=-1)  # (N, V, h, w, 2)
     grid = grid.view(n_images, n_views * out_height, out_width, 2)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -144,6 +151,9 @@ def color_jitter_(images: Tensor, params: dict[str, Tensor]) -> Tensor:
     goes through each step and the others get the neutral factor, which leaves them exactly as they were (the
     hue step, whose round trip through HSV is not exact, keeps them by ``torch.where``). Working in place on
     the whole batch allocates no new image tensors: on small images, fresh tensors cost more than the arithmetic.
+    A step whose factor ``params`` leaves out is skipped (a strength of 0, for which kornia draws the neutral
+    factor), as are saturation and hue on single-channel images. Nothing is read back from the images' device: only
+    the order, which kornia draws on the CPU.
 
     Shapes: images ``(N, C, h, w)`` float in [0, 1], C = 1 or 3; every parameter ``(N,)``.
     """
@@ -151,7 +161,7 @@ def color_jitter_(images: Tensor, params: dict[str, Tensor]) -> Tensor:
     images.clamp_(0, 1)
     for index in params["order"].tolist():
         name, neutral = _JITTER_FACTORS[index]
-        if not (params[name] != neutral).any() or (name == "saturation_factor" and images.shape[1] != 3):
+        if name not in params or (name in ("saturation_factor", "hue_factor") and images.shape[1] != 3):
             continue
         factor = torch.where(applied, params[name], neutral).to(images.device, images.dtype).view(-1, 1, 1, 1)
         if name == "brightness_factor":
@@ -170,6 +180,20 @@ def color_jitter_(images: Tensor, params: dict[str, Tensor]) -> Tensor:
 def _blend_(images: Tensor, factor: Tensor, other: Tensor) -> Tensor:
     """In place, ``factor * images + (1 - factor) * other`` clamped to [0, 1] (torchvision's ``_blend``)."""
     return images.mul_(factor).add_(other * (1 - factor)).clamp_(0, 1)
+
+
+def gaussian_blur(images: Tensor, blur: K.RandomGaussianBlur) -> Tensor:
+    """kornia's ``RandomGaussianBlur`` (the parameters drawn by its ``forward_parameters``, the same separable
+    kernels, border and per-image sigma), blurring the whole batch and keeping the images it does not apply to by
+    ``torch.where``. kornia's ``gaussian_blur2d`` reads every sigma back to check that it is positive, which on a GPU
+    waits for it; these are positive by construction, drawn from the module's range.
+
+    Shapes: images ``(N, C, h, w)`` float -> the same.
+    """
+    params = blur.forward_parameters(images.shape)
+    kernel = get_gaussian_kernel1d(blur.flags["kernel_size"], params["sigma"][:, None])
+    blurred = filter2d_separable(images, kernel, kernel, blur.flags["border_type"].name.lower())
+    return torch.where(params["batch_prob"].bool().view(-1, 1, 1, 1), blurred, images)
 
 
 class AugmentPipeline(nn.Module):
@@ -315,30 +339,50 @@ class ContrastiveAugment(AugmentPipeline):
         # The recipe in force (the presets' defaults resolved), for whoever rebuilds it elsewhere (bench_train.py).
         self.crop_scale, self.crop_ratio, self.hflip_prob = tuple(crop_scale), tuple(crop_ratio), hflip_prob
         self.jitter_prob, self.grayscale_prob, self.blur_prob = jitter_prob, grayscale_prob, blur_prob
+        # The jitter's steps of strength 0 (kornia draws their neutral factor), which color_jitter_ skips.
+        self.jitter_off = {name for (name, _), strength in zip(_JITTER_FACTORS, (brightness, contrast, saturation, hue))
+                           if strength == 0}
+        self._normalization: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def draw_views(self, unit: Tensor, n_views: int) -> list[Tensor]:
         """All views at once, distributed as the kornia pipeline's (``transforms``, the reference the tests compare
         with): the crop boxes and flips of every view drawn together (:func:`sample_crop_boxes`) and applied by one
         ``grid_sample``; the colour ops' parameters drawn by their kornia modules once per view (so each view has
-        its own random order of the jitter's steps, as a separate kornia call has), the jitter applied in place to
-        whole views, without cutting out the images it applies to."""
-        n_images = len(unit)
-        boxes = sample_crop_boxes(n_views * n_images, unit.shape[-2:], self.crop_scale, self.crop_ratio)
-        flipped = torch.rand(len(boxes)) < self.hflip_prob
-        boxes = torch.where(flipped[:, None], boxes[:, [2, 1, 0, 3]], boxes)  # sample the columns right to left
+        its own random order of the jitter's steps, as a separate kornia call has), the jitter and the blur applied to
+        whole views, without cutting out the images they apply to. All is drawn on the images' device by its
+        generator and nothing is read back from it: on a GPU, making the views never waits for it."""
+        n_images, device = len(unit), unit.device
+        mean, std = self._on_device(device)
+        boxes = sample_crop_boxes(n_views * n_images, unit.shape[-2:], self.crop_scale, self.crop_ratio, device=device)
+        flipped = torch.rand(len(boxes), device=device) < self.hflip_prob
+        x_first, y_first, x_last, y_last = boxes.unbind(1)  # a mirrored view samples the columns right to left:
+        boxes = torch.stack([torch.where(flipped, x_last, x_first), y_first, torch.where(flipped, x_first, x_last),
+                             y_last], dim=1)
         views = resized_crops(unit, boxes.view(n_views, n_images, 4), self.size)
-        mean = torch.tensor(self.mean, device=unit.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=unit.device).view(-1, 1, 1)
         out = []
         for view in views:
             view = view.contiguous(memory_format=self.memory_format)  # its own copy: the steps below work in place
             if "jitter" in self.ops:
-                color_jitter_(view, self.ops["jitter"].forward_parameters(view.shape))
-            for name in ("grayscale", "blur"):
-                if name in self.ops:
-                    view = self.ops[name](view)
+                params = self.ops["jitter"].forward_parameters(view.shape)
+                color_jitter_(view, {key: value for key, value in params.items() if key not in self.jitter_off})
+            if "grayscale" in self.ops:
+                view = self.ops["grayscale"](view)
+            if "blur" in self.ops:
+                view = gaussian_blur(view, self.ops["blur"])
             out.append(view.sub_(mean).div_(std))
         return out
+
+    def _on_device(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The mean and std as ``(C, 1, 1)`` tensors on ``device``, made once per device, and the colour ops switched to
+        drawing their parameters there, by its generator: kornia draws them on the CPU, and every step would copy them,
+        and the mean and std, to a GPU (``torch.tensor(mean, device=...)`` waits for it)."""
+        for name in ("jitter", "grayscale", "blur"):
+            if name in self.ops and self.ops[name].device != device:
+                self.ops[name].set_rng_device_and_dtype(device, torch.float32)
+        if device not in self._normalization:
+            self._normalization[device] = tuple(torch.tensor(values, device=device).view(-1, 1, 1)
+                                                for values in (self.mean, self.std))
+        return self._normalization[device]
 
 
 class SimCLRAugment(ContrastiveAugment):

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from lightly.loss import DCLLoss, DCLWLoss, NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.utils import dist as lightly_dist
 from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import Tensor, nn
 
@@ -86,7 +87,7 @@ def norm_moments(norms: Tensor) -> Tuple[Tensor, Tensor]:
     One all-reduce of ``[count, sum, sum of squares]`` when torch.distributed is running.
     """
     norms = norms.detach()
-    moments = torch.stack([norms.new_tensor(norms.numel()), norms.sum(), norms.square().sum()])
+    moments = torch.stack([norms.new_full((), norms.numel()), norms.sum(), norms.square().sum()])
     if _distributed():
         dist.all_reduce(moments)
     count, total, total_sq = moments
@@ -312,9 +313,73 @@ def _describe(value: object) -> str:
     return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
+def _own_columns(n: int, gather_distributed: bool, device: torch.device) -> Tensor:
+    """The column of each of this process's ``n`` embeddings among the gathered ones: ``rank * n + i`` when
+    ``gather_distributed`` (lightly's ``eye_rank`` and labels), else ``i``."""
+    return torch.arange(n, device=device) + (lightly_dist.rank() * n if gather_distributed else 0)
+
+
+def _gathered(out0: Tensor, out1: Tensor, gather_distributed: bool) -> Tuple[Tensor, Tensor]:
+    """Both views of the global batch when ``gather_distributed`` and several processes run, else the inputs."""
+    if gather_distributed and lightly_dist.world_size() > 1:
+        return torch.cat(lightly_dist.gather(out0), 0), torch.cat(lightly_dist.gather(out1), 0)
+    return out0, out1
+
+
+class NTXent(NTXentLoss):
+    """lightly's :class:`~lightly.loss.NTXentLoss`, whose in-batch negatives leave out each embedding's similarity
+    with itself by a ``-inf`` logit, which the softmax gives no weight, instead of cutting it out by a boolean index
+    (``logits_00[~diag_mask]``): the host reads the size of such an index from the device, and so waits for a GPU at
+    every step. The same loss and gradients; with a memory bank (MoCo), lightly's forward, which has no such index.
+
+    Shapes: out0, out1 (N, D) -> scalar.
+    """
+
+    def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
+        if self.memory_bank.size[0] > 0:
+            return super().forward(out0, out1)
+        out0, out1 = nn.functional.normalize(out0, dim=1), nn.functional.normalize(out1, dim=1)
+        out0_all, out1_all = _gathered(out0, out1, self.gather_distributed)
+        own = _own_columns(len(out0), self.gather_distributed, out0.device)
+        itself = torch.arange(len(out0_all), device=out0.device) == own[:, None]
+        logits_00 = torch.einsum("nc,mc->nm", out0, out0_all) / self.temperature
+        logits_01 = torch.einsum("nc,mc->nm", out0, out1_all) / self.temperature
+        logits_10 = torch.einsum("nc,mc->nm", out1, out0_all) / self.temperature
+        logits_11 = torch.einsum("nc,mc->nm", out1, out1_all) / self.temperature
+        logits = torch.cat([torch.cat([logits_01, logits_00.masked_fill(itself, -torch.inf)], dim=1),
+                            torch.cat([logits_10, logits_11.masked_fill(itself, -torch.inf)], dim=1)])
+        return self.cross_entropy(logits, own.repeat(2))
+
+
+class _DecoupledNegatives:
+    """lightly's ``DCLLoss._loss``, one view's term: the positive pair's similarity taken by its column, and left out
+    of the negatives by ``-inf`` with the view's similarity to itself, where lightly cuts both out by boolean indices
+    (a wait for a GPU, as in :class:`NTXent`): the same loss and gradients."""
+
+    def _loss(self, out0: Tensor, out1: Tensor, out0_all: Tensor, out1_all: Tensor) -> Tensor:
+        own = _own_columns(len(out0), self.gather_distributed, out0.device)
+        sim_00 = torch.einsum("nc,mc->nm", out0, out0_all) / self.temperature
+        sim_01 = torch.einsum("nc,mc->nm", out0, out1_all) / self.temperature
+        positive_loss = -sim_01.gather(1, own[:, None])[:, 0]
+        if self.weight_fn:
+            positive_loss = positive_loss * self.weight_fn(out0, out1)
+        itself = (torch.arange(len(out0_all), device=out0.device) == own[:, None]).repeat(1, 2)
+        negative_loss = torch.logsumexp(torch.cat([sim_00, sim_01], dim=1).masked_fill(itself, -torch.inf), dim=1)
+        return (positive_loss + negative_loss).mean()
+
+
+class DCL(_DecoupledNegatives, DCLLoss):
+    """lightly's :class:`~lightly.loss.DCLLoss` (Yeh et al. 2022), without waiting for a GPU."""
+
+
+class DCLW(_DecoupledNegatives, DCLWLoss):
+    """lightly's :class:`~lightly.loss.DCLWLoss`, without waiting for a GPU."""
+
+
 def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
                      gather_distributed: bool = False) -> nn.Module:
-    """lightly's contrastive loss ``name``, on two batches of projections (N, D) that it normalizes itself.
+    """lightly's contrastive loss ``name`` (as :class:`NTXent`, :class:`DCL`, :class:`DCLW`: the same losses, computed
+    without waiting for a GPU), on two batches of projections (N, D) that it normalizes itself.
 
     ``ntxent``: NT-Xent / InfoNCE (SimCLR), with an optional queue of ``memory_bank_size=(K, D)`` negatives
     (MoCo). ``dcl`` / ``dclw``: decoupled contrastive learning (Yeh et al. 2022), NT-Xent without the positive
@@ -324,15 +389,14 @@ def contrastive_loss(name: str = "ntxent", temperature: float = 0.5, memory_bank
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if name == "ntxent":
-        return NTXentLoss(temperature=temperature, memory_bank_size=memory_bank_size,
-                          gather_distributed=gather_distributed)
+        return NTXent(temperature=temperature, memory_bank_size=memory_bank_size, gather_distributed=gather_distributed)
     if name not in CONTRASTIVE_LOSSES:
         raise ValueError(f"unknown contrastive loss {name!r}; choose one of {', '.join(CONTRASTIVE_LOSSES)}")
     bank = (memory_bank_size,) if isinstance(memory_bank_size, int) else tuple(memory_bank_size)
     if bank[0] != 0:
         raise ValueError(f"{name} has no memory bank (queue of negatives); use 'ntxent' with "
                          f"memory_bank_size={memory_bank_size}, or memory_bank_size=0")
-    loss_class = DCLLoss if name == "dcl" else DCLWLoss
+    loss_class = DCL if name == "dcl" else DCLW
     return loss_class(temperature=temperature, gather_distributed=gather_distributed)
 
 

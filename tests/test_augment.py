@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from sslsec.augment import (EvalTransform, MetricAugment, MoCoV2Augment, MultiView, ProbeAugment, SimCLRAugment,
-                            color_jitter_, resized_crops, sample_crop_boxes, seeded)
+                            color_jitter_, gaussian_blur, resized_crops, sample_crop_boxes, seeded)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -249,6 +249,17 @@ def test_resized_crops_and_color_jitter_compute_kornias_ops_with_its_parameters(
     torch.testing.assert_close(crops.flatten(0, 1), expected, atol=1e-5, rtol=0)
     jitter_params = jitter.forward_parameters(expected.shape)
     torch.testing.assert_close(color_jitter_(expected.clone(), jitter_params), jitter(expected, params=jitter_params))
+
+
+def test_gaussian_blur_is_kornias_random_blur_of_the_same_draw():
+    blur = SimCLRAugment(96, MEAN, STD).ops["blur"]
+    images = torch.rand(16, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    with seeded(0):
+        blurred = gaussian_blur(images, blur)
+    with seeded(0):
+        expected = blur(images)
+    torch.testing.assert_close(blurred, expected)
+    assert 0 < (blurred != images).flatten(1).any(1).float().mean() < 1  # some images blurred, some kept
 
 
 @pytest.mark.parametrize("image_size, scale, ratio", [

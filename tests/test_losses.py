@@ -11,7 +11,10 @@ from pytorch_metric_learning.losses import ArcFaceLoss, MultiSimilarityLoss, Tri
 from pytorch_metric_learning.regularizers import LpRegularizer
 
 from sslsec.losses import (
+    DCL,
+    DCLW,
     NormPenalty,
+    NTXent,
     SECInfoNCE,
     SECRegularizer,
     SphericalEmbeddingConstraint,
@@ -124,7 +127,7 @@ def test_sec_weight_zero_gives_exactly_the_plain_loss_and_gradient():
     SECInfoNCE(temperature=0.5, sec_weight=0.0)(z0, z1).total.backward()
     g0 = z0.grad.clone()
     z0.grad = None
-    NTXentLoss(temperature=0.5)(z0, z1).backward()
+    NTXent(temperature=0.5)(z0, z1).backward()
     assert torch.equal(g0, z0.grad)
 
 
@@ -409,7 +412,7 @@ def test_sec_regularizer_keeps_the_ema_and_pml_lp_regularizer_relates_to_norm_pe
 
 
 def test_contrastive_loss_names_build_lightly_losses_and_refuse_a_queue_without_one():
-    assert type(contrastive_loss("ntxent", 0.2, (64, 8))).__name__ == "NTXentLoss"
+    assert isinstance(contrastive_loss("ntxent", 0.2, (64, 8)), NTXentLoss)
     dcl = contrastive_loss("dcl", 0.2, gather_distributed=True)
     assert isinstance(dcl, DCLLoss) and dcl.temperature == 0.2 and dcl.gather_distributed
     assert isinstance(contrastive_loss("dclw", 0.2), DCLWLoss)
@@ -417,6 +420,26 @@ def test_contrastive_loss_names_build_lightly_losses_and_refuse_a_queue_without_
         contrastive_loss("dcl", 0.2, (64, 8))
     with pytest.raises(ValueError, match="unknown contrastive loss 'infonce'; choose one of ntxent, dcl, dclw"):
         contrastive_loss("infonce")
+
+
+@pytest.mark.parametrize("ours, lightlys", [(NTXent, NTXentLoss), (DCL, DCLLoss), (DCLW, DCLWLoss)])
+@pytest.mark.parametrize("gathered", [False, True])
+def test_the_contrastive_losses_without_boolean_indices_are_lightlys(ours, lightlys, gathered, monkeypatch):
+    """The value and the gradients of lightly's losses, which cut each embedding's own image out of the negatives by
+    boolean indices; gathered: as rank 1 of 3 processes, the others' embeddings standing in by a flip and a roll."""
+    import lightly.utils.dist
+
+    if gathered:
+        monkeypatch.setattr(lightly.utils.dist, "world_size", lambda: 3)
+        monkeypatch.setattr(lightly.utils.dist, "rank", lambda: 1)
+        monkeypatch.setattr(lightly.utils.dist, "gather", lambda z: [z.flip(0), z, z.roll(1, 0)])
+    z0, z1 = _embeddings(seed=1).requires_grad_(), _embeddings(seed=2).requires_grad_()
+    value = ours(temperature=0.3, gather_distributed=gathered)(z0, z1)
+    gradients = torch.autograd.grad(value, (z0, z1))
+    expected = lightlys(temperature=0.3, gather_distributed=gathered)(z0, z1)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    for gradient, reference in zip(gradients, torch.autograd.grad(expected, (z0, z1))):
+        torch.testing.assert_close(gradient, reference, rtol=1e-12, atol=1e-14)
 
 
 def _distributed_pml_worker(rank, world_size, port, embeddings, labels, results):

@@ -53,6 +53,14 @@ def test_semihard_triplet_follows_the_authors_rule():
     assert pml.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
+def test_semihard_triplet_is_zero_with_a_zero_gradient_on_a_batch_without_triplets():
+    embeddings = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for labels in (torch.zeros(6, dtype=torch.long), torch.arange(6)):  # no negative; no positive pair
+        loss = SemihardTripletLoss(margin=0.2)(embeddings, labels)
+        (gradient,) = torch.autograd.grad(loss, embeddings)
+        assert loss.item() == 0 and torch.equal(gradient, torch.zeros_like(embeddings))
+
+
 @pytest.mark.parametrize("name", list(METRIC_LOSSES))
 def test_every_metric_loss_trains_inside_with_sec_and_sec_moves_only_the_norms(name):
     from sslsec.losses import WithSEC

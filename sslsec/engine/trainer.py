@@ -20,7 +20,6 @@ from typing import Optional, Tuple
 import torch
 from accelerate.utils import broadcast, set_seed
 from lightly.models.utils import get_weight_decay_parameters
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +30,7 @@ from sslsec.data import BatchLoader, load_splits
 from sslsec.engine.accelerator import describe_processes, make_accelerator
 from sslsec.engine.checkpoint import (Checkpoints, Progress, TrainingError, check_same_recipe, resume_path,
                                       truncate_metrics)
+from sslsec.engine.lars import LARS
 from sslsec.engine.metrics import MetricsLog, finish_trackers, trackers
 from sslsec.engine.precision import precision_name
 from sslsec.losses import SECLossOutput

@@ -71,8 +71,9 @@ class Method(nn.Module):
     def compile_networks(self, **options: Any) -> None:
         """``torch.compile`` each of :meth:`networks` in place (``nn.Module.compile(**options)``; parameter names
         and checkpoints stay as they are), and nothing else: the loss stays eager, because the SEC weight changes at
-        every step of the linear schedule (a constant in a compiled graph would recompile it) and lightly's NT-Xent
-        indexes by boolean masks; under DDP, the wrapper stays eager around the compiled networks."""
+        every step of the linear schedule (a constant in a compiled graph would recompile it) and pml's pair and
+        triplet losses list their pairs by data-dependent indices; under DDP, the wrapper stays eager around the
+        compiled networks."""
         for network in self.networks():
             network.compile(**options)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners, reducers
+from pytorch_metric_learning.utils import common_functions, loss_and_miner_utils
 from torch import Tensor, nn
 
 from sslsec.augment import MetricAugment
@@ -49,8 +50,10 @@ class SemihardTripletLoss(nn.Module):
 
     On L2-normalized embeddings with squared distances ``d``, each positive pair ``(a, p)`` takes the closest
     negative farther than ``p`` (``d_an > d_ap``, semi-hard); where no negative is, the farthest negative. The
-    loss is ``mean over positive pairs of max(0, margin + d_ap - d_an)``. pytorch-metric-learning's
-    ``TripletMarginMiner("semihard")`` keeps every triplet with ``0 < d_an - d_ap <= margin`` instead.
+    loss is ``mean over positive pairs of max(0, margin + d_ap - d_an)`` (0 for a batch of one class, or with no
+    positive pair). pytorch-metric-learning's ``TripletMarginMiner("semihard")`` keeps every triplet with
+    ``0 < d_an - d_ap <= margin`` instead. The mean is a masked sum, with no boolean index and no test on the batch:
+    on a GPU, nothing waits for it.
 
     Shapes:
         embeddings (N, D), labels (N,) -> scalar.
@@ -70,9 +73,44 @@ class SemihardTripletLoss(nn.Module):
         closest_farther = torch.where(farther, d[:, None, :], torch.inf).amin(2)
         farthest = torch.where(negative, d, -torch.inf).amax(1, keepdim=True)
         d_an = torch.where(farther.any(2), closest_farther, farthest)
-        if not positive.any() or not negative.any():
-            return embeddings.sum() * 0  # no triplet in this batch: zero, with a gradient path
-        return (self.margin + d - d_an).clamp_min(0)[positive].mean()
+        triplets = positive & negative.any(1, keepdim=True)  # a batch of two classes has a negative for every anchor
+        losses = torch.where(triplets, self.margin + d - d_an, 0).clamp_min(0)
+        return losses.sum() / triplets.sum().clamp_min(1)
+
+
+class _TargetCosineByLabel:
+    """pml's ``LargeMarginSoftmaxLoss.compute_loss`` (CosFace's and ArcFace's), with each embedding's cosine to its
+    class weight taken by its label, where pml cuts it out by a boolean mask (``cosine[mask == 1]``, whose size the
+    host reads from the device), and the mask of the targets made on the device (pml indexes it by a CPU
+    ``torch.arange``, copied to the device): the same values and gradients, with nothing waiting for a GPU."""
+
+    def get_target_mask(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        mask = torch.zeros(len(labels), self.num_classes, dtype=embeddings.dtype, device=embeddings.device)
+        return mask.scatter_(1, labels[:, None], 1)
+
+    def compute_loss(self, embeddings: Tensor, labels: Tensor, indices_tuple: Any, ref_emb: Any,
+                     ref_labels: Any) -> Dict[str, Any]:
+        common_functions.labels_required(labels)
+        common_functions.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        self.cast_types(embeddings.dtype, embeddings.device)
+        miner_weights = loss_and_miner_utils.convert_to_weights(indices_tuple, labels, dtype=embeddings.dtype)
+        mask, cosine = self.get_target_mask(embeddings, labels), self.get_cosine(embeddings)
+        target = cosine.gather(1, labels[:, None])[:, 0]
+        logits = self.scale_logits(cosine + mask * (self.modify_cosine_of_target_classes(target) - target)[:, None],
+                                   embeddings)
+        loss_dict = {"loss": {"losses": self.cross_entropy(logits, labels) * miner_weights,
+                              "indices": common_functions.torch_arange_from_size(embeddings),
+                              "reduction_type": "element"}}
+        self.add_weight_regularization_to_loss_dict(loss_dict, self.W.t())
+        return loss_dict
+
+
+class CosFace(_TargetCosineByLabel, losses.CosFaceLoss):
+    """pml's :class:`~pytorch_metric_learning.losses.CosFaceLoss`, without waiting for a GPU."""
+
+
+class ArcFace(_TargetCosineByLabel, losses.ArcFaceLoss):
+    """pml's :class:`~pytorch_metric_learning.losses.ArcFaceLoss`, without waiting for a GPU."""
 
 
 class ScaledCosineSimilarity(distances.CosineSimilarity):
@@ -116,8 +154,8 @@ def metric_loss(name: str, num_classes: int, embedding_dim: int, margin: Optiona
     if name == "normface":
         return losses.NormalizedSoftmaxLoss(num_classes, embedding_dim, temperature=1 / s), None
     if name == "cosface":
-        return losses.CosFaceLoss(num_classes, embedding_dim, margin=m, scale=s), None
-    return losses.ArcFaceLoss(num_classes, embedding_dim, margin=m, scale=s), None
+        return CosFace(num_classes, embedding_dim, margin=m, scale=s), None
+    return ArcFace(num_classes, embedding_dim, margin=m, scale=s), None
 
 
 def metric_miner(name: str, margin: Optional[float] = None) -> Optional[nn.Module]:

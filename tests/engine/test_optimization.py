@@ -92,6 +92,32 @@ def test_lars_scales_each_decayed_layer_by_its_trust_ratio_and_steps_norms_and_b
     assert checked["decayed"] >= 4 and checked["plain"] >= 4
 
 
+def test_lars_makes_lightlys_updates_without_reading_the_norms_back():
+    """Bit for bit lightly's LARS, momentum and Nesterov included, where the trust ratio applies and where it does not:
+    a weight of zeros, a gradient of zeros, a parameter out of weight decay."""
+    from lightly.utils.lars import LARS as LightlyLARS
+
+    from sslsec.engine.lars import LARS
+
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.zeros(5), torch.randn(2, 2), torch.randn(3)]
+    gradients = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    for step in gradients:
+        step[2].zero_()
+    for nesterov in (False, True):
+        params = [[p.clone().requires_grad_() for p in start] for _ in range(2)]
+        optimizers = [optimizer_class([{"params": group[:3], "weight_decay": 1e-2},
+                                       {"params": group[3:], "weight_decay": 0.0}],
+                                      lr=0.3, momentum=0.9, nesterov=nesterov, trust_coefficient=0.01)
+                      for optimizer_class, group in zip((LARS, LightlyLARS), params)]
+        for step in gradients:
+            for group, optimizer in zip(params, optimizers):
+                for p, g in zip(group, step):
+                    p.grad = g.clone()
+                optimizer.step()
+        assert all(torch.equal(ours, lightlys) for ours, lightlys in zip(*params))
+
+
 def test_lars_with_accumulation_trains_and_steps_the_schedule_once_per_optimizer_step(npz_root, tmp_path):
     """128 images in global batches of 32 as 2 micro-batches of 16: 4 optimizer steps per epoch, each stepping the
     cosine-warmup schedule once; the weights move, and no more than LARS lets them (lr x eta per step, x 10 for
