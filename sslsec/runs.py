@@ -1,8 +1,8 @@
 """The run directory: where pretraining writes, and how evaluation and analysis read a finished run back.
 
 ``output_dir/`` holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``latest`` names the newest
-complete one) and, once pretraining has finished, ``backbone.safetensors`` and (a method with a projection head:
-SimCLR, MoCo) ``projection_head.safetensors``::
+complete one) and, once pretraining has finished, ``backbone.safetensors``, (a method with a projection head:
+SimCLR, MoCo, BYOL, SimSiam) ``projection_head.safetensors`` and (BYOL, SimSiam) ``prediction_head.safetensors``::
 
     config, backbone = load_run("runs/simclr_fmnist", ["data.test_limit=1000"])
 """
@@ -35,6 +35,7 @@ class RunPaths:
         self.latest_checkpoint = self.checkpoints / "latest"  # names the newest complete checkpoint directory
         self.backbone = self.root / "backbone.safetensors"
         self.projection_head = self.root / "projection_head.safetensors"
+        self.prediction_head = self.root / "prediction_head.safetensors"  # BYOL's and SimSiam's predictor
 
     def finished(self) -> bool:
         """Pretraining wrote its final weights."""
@@ -165,3 +166,24 @@ def load_projection_head(run_dir: Union[str, Path], config: Config, feature_dim:
         raise RunError(f"{path} is missing: pretraining writes it with backbone.safetensors when it finishes")
     load_model(head, str(path))
     return head
+
+
+def load_sec_head(run_dir: Union[str, Path], config: Config, feature_dim: int) -> nn.Module:
+    """The trained layers between the backbone and the embeddings that SEC regularizes: the projection head, and
+    for BYOL and SimSiam the predictor after it (``prediction_head.safetensors``; their SEC acts on the predictions,
+    docs/SEC.md), so that norm diagnostics measure what SEC evens out."""
+    from safetensors.torch import load_model
+    from torch import nn
+
+    from sslsec.methods import method_class
+
+    head = load_projection_head(run_dir, config, feature_dim)
+    predictor = method_class(config.method).options(config).get("predictor")
+    if predictor is None:
+        return head
+    path = RunPaths(run_dir).prediction_head
+    if not path.is_file():
+        raise RunError(f"{path} is missing: {config.method} runs write it with backbone.safetensors since the norm "
+                       "diagnostics measure the predictions; retrain the run to score its norms")
+    load_model(predictor, str(path))
+    return nn.Sequential(head, predictor)

@@ -29,7 +29,7 @@ from sslsec.augment import MultiView
 from sslsec.data import BatchLoader, load_split
 from sslsec.eval.features import EvaluationError, check_compatible
 from sslsec.methods import build_augment
-from sslsec.runs import RunPaths, check_scores_file, load_projection_head, load_run, scores_protocol, write_scores
+from sslsec.runs import RunPaths, check_scores_file, load_run, load_sec_head, scores_protocol, write_scores
 
 HISTOGRAMS = {"norms": "projection_norms.png", "cosines": "pair_cosines.png"}
 
@@ -157,7 +157,7 @@ def diagnose_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), *, n:
                                                                                   n=n)
     if not overwrite:
         check_scores_file(path, protocol, "pass another trainer.seed to keep both, or --overwrite to replace it")
-    head = load_projection_head(run_dir, config, backbone.feature_dim)
+    head = load_sec_head(run_dir, config, backbone.feature_dim)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, head = backbone.to(device), head.to(device)
     test = load_split(config, "test")

@@ -1,7 +1,7 @@
 """How the SEC study (:mod:`sslsec.analysis.study`) scores a finished run: one :class:`Scorer` per kind of
 :attr:`sslsec.methods.Method.evaluation`, so the study never asks which method it runs.
 
-- ``linear_probe`` (SimCLR, MoCo): the linear probe and kNN of the backbone on the validation and test splits,
+- ``linear_probe`` (SimCLR, MoCo, BYOL, SimSiam): the linear probe and kNN of the backbone on the validation and test splits,
   and the norms of the projections of test views (saved in ``projection_norms.safetensors`` for the histograms);
 - ``retrieval`` (metric learning): Recall@K, MAP@R and NMI of the embedder on the validation split (held-out images
   of the training classes) and the test split (classes never trained on), and the norm spread of the test
@@ -26,7 +26,7 @@ from sslsec.eval.features import extract_features
 from sslsec.eval.verification import split_verification
 from sslsec.methods import build_augment, method_class
 from sslsec.models import readable_like_other_files
-from sslsec.runs import load_projection_head
+from sslsec.runs import load_sec_head
 
 NORMS_FILE = "projection_norms.safetensors"
 
@@ -41,7 +41,7 @@ def probe_scores(config: Config, run_dir: Path, backbone: Any, splits: Tuple[Any
     scores = {"linear_top1": probe["top1"], "linear_top5": probe["top5"], "knn_top1": probe["knn_top1"],
               "val_linear_top1": probe.get("val_top1"), "val_knn_top1": probe.get("val_knn_top1")}
     if accelerator.is_main_process:
-        head = load_projection_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
+        head = load_sec_head(run_dir, config, backbone.feature_dim).to(accelerator.device)
         samples = projection_samples(backbone.to(accelerator.device), head, test, build_augment(config, test),
                                      diagnostics_n, num_workers=config.data.num_workers)
         norms = summarize(samples)

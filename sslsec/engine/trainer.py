@@ -423,5 +423,7 @@ def _save_final(accelerator, core, config, in_channels, output_dir: Path) -> Non
         save_backbone(core.backbone, paths.backbone, spec)
         if core.head.state_dict():  # metric learning's NoHead has no weights: no empty file
             save_module(core.head, paths.projection_head)
+        if getattr(core, "predictor", None) is not None:  # BYOL, SimSiam: the predictions are what SEC regularizes
+            save_module(core.predictor, paths.prediction_head)
         accelerator.print(f"wrote {paths.backbone}")
     accelerator.wait_for_everyone()

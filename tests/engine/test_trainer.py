@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from sslsec.config import ConfigError, load_config
 from sslsec.models import load_backbone
 from sslsec.engine import TrainingError, pretrain
+from sslsec.runs import RunError, load_projection_head, load_sec_head
 from tests.launch import cpu_env, torchrun
 
 ROOT = Path(__file__).parents[2]
@@ -47,6 +48,28 @@ def test_simclr_run_logs_finite_decreasing_loss_and_writes_its_outputs(npz_root,
     assert backbone(torch.zeros(2, 1, 16, 16)).shape == (2, backbone.feature_dim)
     assert load_config(run / "config.yaml").loss.sec_weight == 0.1
     assert "layers.0.weight" in load_file(run / "projection_head.safetensors")
+    assert not (run / "prediction_head.safetensors").exists()  # SimCLR has no predictor
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_byol_and_simsiam_runs_save_the_predictor_that_the_norm_diagnostics_apply(npz_root, tmp_path, method):
+    run = pretrain(load_config(None, _overrides(npz_root, tmp_path / "run", f"method={method}", "trainer.epochs=1",
+                                                "trainer.eval_every=0")))
+    config, backbone = load_config(run / "config.yaml"), load_backbone(run / "backbone.safetensors")
+    head = load_sec_head(run, config, backbone.feature_dim).eval()
+    projector, predictor = load_projection_head(run, config, backbone.feature_dim).eval(), head[1]
+    trained = torch.load(next((run / "checkpoints").glob("step_*/pytorch_model.bin")), weights_only=True)
+    predictor_weights = {key.removeprefix("predictor."): value for key, value in trained.items()
+                         if key.startswith("predictor.")}
+    assert predictor_weights.keys() == predictor.state_dict().keys()  # the last step's predictor, all of it
+    assert all(torch.equal(predictor.state_dict()[key], value) for key, value in predictor_weights.items())
+    features = torch.randn(4, backbone.feature_dim)
+    with torch.no_grad():
+        projections, predictions = projector(features), head(features)
+    assert predictions.shape == projections.shape and not torch.allclose(predictions, projections)
+    (run / "prediction_head.safetensors").unlink()
+    with pytest.raises(RunError, match="prediction_head.safetensors is missing"):
+        load_sec_head(run, config, backbone.feature_dim)
 
 
 @pytest.mark.slow
