@@ -374,9 +374,9 @@ def _nothing_left_on_data_error(output_dir: Path) -> Iterator[None]:
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
     """``sslsec-study``: none / SEC / SEC-EMA / L2 over seeds, each trained and scored; prints the table."""
     parser = _parser("sslsec-study", "The SEC study: train every variant x seed into output_dir/VARIANT_seedN, then "
-                     "score it as its method is: the linear probe, kNN and norm diagnostics (SimCLR, MoCo), or "
-                     "retrieval on the validation and test splits and the embedding-norm spread (method: metric); "
-                     "writes study.md, study.json and the plots (study_knn.png and study_norms.png, or "
+                     "score it as its method is: the linear probe, kNN and norm diagnostics (SimCLR, MoCo, BYOL, "
+                     "SimSiam), or retrieval on the validation and test splits and the embedding-norm spread (method: "
+                     "metric); writes study.md, study.json and the plots (study_knn.png and study_norms.png, or "
                      "study_recall.png) into output_dir. The variants take their weights from the config: "
                      "loss.sec_weight (the sec variants), loss.sec_momentum (sec_ema; default 0.1), "
                      "loss.norm_penalty_weight (l2; default 0.01), and loss.sec_schedule. Finished runs are reused and "
