@@ -358,7 +358,7 @@ def _hint(key: str) -> Any:
     for part in key.split("[")[0].split("."):
         node = typing.get_type_hints(node)[part]
     if index:
-        node = next(iter(typing.get_args(next(o for o in _options(node) if typing.get_origin(o) is tuple))))
+        node = next(iter(typing.get_args(next(o for o in _options(node) if typing.get_origin(o) in (tuple, list)))))
     return node
 
 

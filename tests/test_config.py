@@ -67,6 +67,7 @@ def test_values_are_typed_by_the_schema_not_by_yaml(tmp_path):
         ("model.pretrained=true", "model.pretrained=true loads ImageNet weights into torchvision's 7x7 stem; set "
                                   "model.cifar_stem=false"),
         ("loss.contrastive=infonce", "loss.contrastive must be one of ntxent, dcl, dclw; got 'infonce'"),
+        ('eval.verification_sets=[""]', "eval.verification_sets[0] must be set (expected str)"),  # a list of str
     ],
 )
 def test_bad_values_name_the_key_and_the_choices(override, message):

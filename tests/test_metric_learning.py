@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file
 
-from sslsec.config import load_config
+from sslsec.config import ConfigError, load_config
 from sslsec.engine import pretrain
 from sslsec.methods import build_method
 from sslsec.methods.metric import METRIC_LOSSES, SemihardTripletLoss, metric_loss
@@ -170,3 +170,14 @@ def test_the_cub200_recipe_trains_from_imagenet_weights_on_a_cub_fixture(tmp_pat
     assert isinstance(trained, Embedder) and trained.feature_dim == 16
     moved = trained.trunk.conv1.weight - state["conv1.weight"]
     assert 0 < moved.abs().max() < 1e-3  # one Adam step at lr 0.5e-5 from the cached weights
+
+
+def test_a_batch_with_more_classes_than_training_has_is_one_line_before_any_work(six_classes, tmp_path):
+    # classes 0-2 train (3 is validation): a batch of 16 = 4 classes x 4 images cannot be drawn
+    config = load_config(None, _overrides(six_classes, tmp_path / "run", "trainer.batch_size=16"))
+    with pytest.raises(ConfigError) as error:
+        pretrain(config)
+    message = str(error.value)
+    assert "trainer.batch_size=16 images holds 4 classes of metric.images_per_class=4" in message
+    assert "the training split has 3 classes" in message and "at most 12" in message and "\n" not in message
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -197,6 +197,7 @@ def pretrain(config: Config) -> Path:
         rank=accelerator.process_index, world_size=accelerator.num_processes,
         device=accelerator.device, images_per_class=model.images_per_class, num_workers=config.data.num_workers,
     )
+    _check_classes_per_batch(model.images_per_class, micro_batch * accelerator.num_processes, train, config)
     accumulation = config.trainer.gradient_accumulation_steps
     steps_per_epoch = len(loader) // accumulation
     if steps_per_epoch == 0:
@@ -407,6 +408,19 @@ def _end_of_epoch(config, accelerator, core, train, monitor, progress, checkpoin
     if last or (config.trainer.checkpoint_every and epoch % config.trainer.checkpoint_every == 0):
         progress.seconds = log.elapsed()
         checkpoints.save(progress.step)
+
+
+def _check_classes_per_batch(images_per_class: Optional[int], global_batch: int, train, config: Config) -> None:
+    """Class-balanced batches (metric learning) need as many training classes as a batch has: one line, before any
+    work, naming the keys that set both (the split's classes are what data.val_classes / train_classes leave)."""
+    if images_per_class is None:
+        return
+    needed, present = global_batch // images_per_class, len(train.labels.unique())
+    if present < needed:
+        raise ConfigError(f"a batch of trainer.batch_size={config.trainer.batch_size} images holds {needed} classes of "
+                          f"metric.images_per_class={images_per_class}, but the training split has {present} classes "
+                          f"(data.train_classes / data.val_classes); lower trainer.batch_size to at most "
+                          f"{present * images_per_class} or raise metric.images_per_class")
 
 
 def _share_batchnorm_statistics(backbone: nn.Module) -> None:
