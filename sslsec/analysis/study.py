@@ -43,12 +43,12 @@ from sslsec.analysis.scoring import NORMS_FILE, scorer
 from sslsec.config import Config, ConfigError, LossConfig, load_config, recipe_differences
 from sslsec.data import load_splits
 from sslsec.engine import make_accelerator, pretrain
+from sslsec.methods import method_class
 from sslsec.runs import RunPaths, load_saved_backbone
 
 DEFAULT_SEC_MOMENTUM = 0.1  # sec_ema's rho when the config sets none
 DEFAULT_L2_WEIGHT = 0.01  # l2's weight when the config sets none (this project's choice, not a published value)
 PAPER_CONTRASTIVE_SCALE = 0.07  # the authors' contrastive loss is NT-Xent x T / 0.07
-COSINE_LOSS_GRADIENT = {"byol": 2.0, "simsiam": 0.5}  # their losses' gradient per unit of cosine (docs/SEC.md)
 ROW_FILE = "study_row.json"
 
 
@@ -78,8 +78,9 @@ def paper_sec_weight(temperature: float, eta: float = 1.0, method: str = "simclr
 
     BYOL and SimSiam have no temperature: ``eta`` is carried over by the ratio of their gradient per unit of
     cosine to the authors' ``1 / 0.07`` (0.14 for BYOL, 0.035 for SimSiam at eta = 1; docs/SEC.md)."""
-    if method in COSINE_LOSS_GRADIENT:
-        return eta * PAPER_CONTRASTIVE_SCALE * COSINE_LOSS_GRADIENT[method]
+    cosine_gradient = getattr(method_class(method), "loss_weight", None)  # SymmetricCosine's weight per cosine
+    if cosine_gradient is not None:
+        return eta * PAPER_CONTRASTIVE_SCALE * cosine_gradient
     return eta * PAPER_CONTRASTIVE_SCALE / temperature
 
 
